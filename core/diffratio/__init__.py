@@ -1,0 +1,58 @@
+"""diffratio: train one-step generators with DiffRatio, and plug in divergences, backbones and methods.
+
+The public API: component base classes, hook markers and spec records, and the helpers that plugins
+use. Built-in components live in the ``diffratio_builtins`` package and use nothing but this API.
+"""
+
+from diffratio.components import (
+    Backbone,
+    Component,
+    Dataset,
+    Divergence,
+    EmptyConfig,
+    EvalContext,
+    Generator,
+    Logger,
+    Method,
+    Metric,
+    NoiseSchedule,
+    OptimizerConfig,
+    RatioEstimator,
+    Strategy,
+    Trainable,
+    append_dims,
+    count_parameters,
+)
+from diffratio.errors import (
+    CheckpointError,
+    DataError,
+    DiffRatioError,
+    MissingDependencyError,
+    PluginError,
+    RecipeError,
+)
+from diffratio.hooks import (
+    BackboneSpec,
+    ComponentSpec,
+    DatasetSpec,
+    DivergenceSpec,
+    GeneratorSpec,
+    LoggerSpec,
+    MethodSpec,
+    MetricSpec,
+    RatioSpec,
+    ScheduleSpec,
+    StrategySpec,
+    hookimpl,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Backbone", "Component", "Dataset", "Divergence", "EmptyConfig", "EvalContext", "Generator", "Logger",
+    "Method", "Metric", "NoiseSchedule", "OptimizerConfig", "RatioEstimator", "Strategy", "Trainable",
+    "append_dims", "count_parameters", "CheckpointError", "DataError", "DiffRatioError",
+    "MissingDependencyError", "PluginError", "RecipeError", "BackboneSpec", "ComponentSpec", "DatasetSpec",
+    "DivergenceSpec", "GeneratorSpec", "LoggerSpec", "MethodSpec", "MetricSpec", "RatioSpec",
+    "ScheduleSpec", "StrategySpec", "hookimpl", "__version__",
+]

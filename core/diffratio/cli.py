@@ -1,0 +1,116 @@
+"""Command-line tools: ``dr-train``, ``dr-plugins`` and ``dr-sample``.
+
+Errors a user can fix (``DiffRatioError``) are printed as one clear message without a traceback and
+exit with status 2; an interrupted run exits with 128 + the signal number after writing a checkpoint.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import click
+
+from diffratio.errors import DiffRatioError
+
+
+def _friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except DiffRatioError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(getattr(exc, "exit_code", 2))
+
+    return wrapper
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Override a recipe value (TOML literal), e.g. --set run.steps=500. Repeatable.")
+@click.option("--dry-run", is_flag=True, help="Print the resolved config and the providing plugins; train nothing.")
+@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Run directory (default runs/<run.name>). Re-running with the same one resumes.")
+@click.option("--no-progress", is_flag=True, help="No progress bar (log lines only).")
+@_friendly_errors
+def train(recipe: Path, sets: tuple[str, ...], dry_run: bool, run_dir: Path | None, no_progress: bool) -> None:
+    """Train with RECIPE (a TOML file); re-running the same command resumes from the last checkpoint."""
+    from diffratio.engine import default_run_dir, plugin_versions, training_loop
+    from diffratio.recipe import load_recipe
+    from diffratio.registry import default_registry
+
+    registry = default_registry()
+    resolved = load_recipe(recipe, sets, registry=registry)
+    run_dir = run_dir or default_run_dir(resolved)
+    if dry_run:
+        click.echo(json.dumps({"run_dir": str(run_dir), "config": resolved.to_dict(),
+                               "plugins": plugin_versions(resolved, registry)}, indent=2))
+        return
+    training_loop(resolved, run_dir, registry, progress=not no_progress)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--kind", default=None, help="Only this kind (method, divergence, backbone, ...).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_friendly_errors
+def plugins(kind: str | None, as_json: bool) -> None:
+    """List every registered component: kind, name, providing package and version, config fields."""
+    from diffratio.registry import default_registry
+
+    registry = default_registry()
+    rows = []
+    for k, entries in registry.components.items():
+        if kind and k != kind:
+            continue
+        for name in sorted(entries):
+            e = entries[name]
+            fields = [{"name": f.name, "type": _type_name(f.type), "default": _default(f)}
+                      for f in attrs.fields(e.spec.cls.Config)]
+            rows.append({"kind": k, "name": name, "package": e.provider.package, "version": e.provider.version,
+                         "plugin": e.provider.plugin, "description": e.spec.description, "fields": fields})
+    if as_json:
+        click.echo(json.dumps({"components": rows, "failures": [attrs.asdict(f) for f in registry.failures]},
+                              indent=2, default=str))
+        return
+    for r in rows:
+        click.echo(f"{r['kind']:<11} {r['name']:<18} {r['package']} {r['version']}  {r['description']}")
+        for f in r["fields"]:
+            click.echo(f"{'':<31}{f['name']}: {f['type']} = {f['default']}")
+    for f in registry.failures:
+        click.echo(f"FAILED      plugin {f.plugin!r} (package {f.package}): {f.error}", err=True)
+
+
+def _type_name(t: Any) -> str:
+    return getattr(t, "__name__", None) or str(t).replace("typing.", "")
+
+
+def _default(f: attrs.Attribute) -> Any:
+    d = f.default
+    if d is attrs.NOTHING:
+        return "(required)"
+    if isinstance(d, attrs.Factory):  # type: ignore[arg-type]
+        return d.factory()
+    return d
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--num", type=click.IntRange(min=1), default=1000, show_default=True, help="Samples to draw.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Output .npz file.")
+@click.option("--grid", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write a PNG (image grid, or scatter plot for 2-D data).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch", type=click.IntRange(min=1), default=500, show_default=True)
+@_friendly_errors
+def sample(run_dir: Path, num: int, out: Path, grid: Path | None, seed: int, batch: int) -> None:
+    """Draw samples from the latest checkpoint of RUN_DIR (EMA weights) into an .npz file."""
+    from diffratio.sampling import sample_run
+
+    sample_run(run_dir, num=num, out=out, grid=grid, seed=seed, batch=batch)

@@ -1,0 +1,398 @@
+"""The component kinds of diffratio: abstract base classes with their own attrs Config.
+
+Every component is built as ``cls(config, **derived)``: ``config`` is an instance of the class's nested
+frozen, kw_only attrs ``Config`` (what a recipe table holds), ``derived`` is what the engine knows from
+the data and the run (shapes, label count, other components) and never appears in a recipe.
+
+The kinds and their roles are listed in ``KINDS``; docs/architecture.md explains how they fit together.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import attrs
+import torch
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from diffratio.engine import RunContext
+
+
+@attrs.frozen(kw_only=True)
+class EmptyConfig:
+    """Config of a component without settings."""
+
+
+class Component:
+    """Mixin shared by all kinds: the nested ``Config`` and the registered ``name``."""
+
+    Config: ClassVar[type] = EmptyConfig
+    #: filled in by the registry from the spec record; useful in messages
+    registered_name: ClassVar[str] = ""
+
+
+# --------------------------------------------------------------------------------------------------
+# Networks
+# --------------------------------------------------------------------------------------------------
+
+
+class Backbone(Component, nn.Module, ABC):
+    """A network body mapping ``(x, noise_labels, class_labels)`` to a tensor.
+
+    ``mode="full"``: output has the shape of ``x`` (the raw network ``F`` of an EDM denoiser).
+    ``mode="encoder"``: output is a feature vector of size ``feature_dim`` per sample (the down path and
+    middle of a U-Net, or the first half of the DiT blocks, pooled); ratio estimators put a head on it.
+
+    Parameter names of the encoder must equal those of the same parts in ``full`` mode, so that a
+    ratio estimator can load the matching weights of a pretrained denoiser by name.
+
+    Derived arguments: ``data_shape`` (shape of one sample, e.g. ``(2,)`` or ``(3, 32, 32)``),
+    ``num_labels`` (0 = unconditional) and ``mode``.
+    """
+
+    #: attention implementations this backbone can use (see ``diffratio.attention``)
+    attention_backends: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, config: Any, *, data_shape: tuple[int, ...], num_labels: int = 0,
+                 mode: str = "full") -> None:
+        nn.Module.__init__(self)
+        if mode not in ("full", "encoder"):
+            raise ValueError(f"backbone mode must be 'full' or 'encoder', not {mode!r}")
+        self.config = config
+        self.data_shape = tuple(data_shape)
+        self.num_labels = num_labels
+        self.mode = mode
+
+    @property
+    def feature_dim(self) -> int:
+        """Width of the pooled features in ``encoder`` mode."""
+        raise NotImplementedError(f"{type(self).__name__} has no encoder mode")
+
+    @abstractmethod
+    def forward(self, x: Tensor, noise_labels: Tensor, class_labels: Tensor | None = None) -> Tensor:
+        """``x``: (B, *data_shape); ``noise_labels``: (B,) = c_noise(sigma); ``class_labels``: (B,) ints."""
+
+
+class Generator(Component, nn.Module, ABC):
+    """A one-step generator ``x = g(z, labels)`` built around a backbone.
+
+    It owns ``denoiser``, the (preconditioned) diffusion network it was initialised from, so that a
+    pretrained denoiser's state dict loads into it unchanged.
+    """
+
+    denoiser: nn.Module
+
+    @abstractmethod
+    def forward(self, z: Tensor, class_labels: Tensor | None = None) -> Tensor:
+        """Map latent noise ``z`` (B, *data_shape) to samples (B, *data_shape) in one evaluation."""
+
+    def latent_shape(self, data_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Shape of one latent ``z``; the data shape unless a generator says otherwise."""
+        return tuple(data_shape)
+
+
+class RatioEstimator(Component, nn.Module, ABC):
+    """The logit ``f(x_sigma, sigma, labels) ~ log q_sigma(x) - log p_sigma(x)`` (generated = class 1)."""
+
+    @abstractmethod
+    def forward(self, x: Tensor, sigma: Tensor, class_labels: Tensor | None = None) -> Tensor:
+        """Return logits of shape (B,)."""
+
+    def init_from_denoiser(self, state: Mapping[str, Tensor]) -> list[str]:
+        """Load the encoder weights that a pretrained denoiser shares with this estimator.
+
+        Returns the names of the tensors loaded; raises ``ValueError`` naming mismatched shapes.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot be initialised from a denoiser")
+
+
+# --------------------------------------------------------------------------------------------------
+# Mathematics
+# --------------------------------------------------------------------------------------------------
+
+
+class Divergence(Component, ABC):
+    """An f-divergence ``D_F(p_sigma || q_sigma) = E_q[F(r)]``, ``r = p/q = exp(-f)``.
+
+    The generator loss only needs the weight ``h(f) = r^2 F''(r)`` (docs/method.md section 3).
+    ``F`` itself is used by tests and diagnostics.
+    """
+
+    def __init__(self, config: Any = None) -> None:
+        self.config = config if config is not None else self.Config()
+
+    @abstractmethod
+    def weight(self, f: Tensor) -> Tensor:
+        """``h(f)``, elementwise, for logits ``f = log q_sigma - log p_sigma``."""
+
+    @abstractmethod
+    def F(self, r: Tensor) -> Tensor:
+        """The convex generator function ``F(r)`` of the divergence."""
+
+
+class NoiseSchedule(Component, ABC):
+    """How noise levels are drawn and how each loss weights them."""
+
+    def __init__(self, config: Any = None) -> None:
+        self.config = config if config is not None else self.Config()
+
+    @abstractmethod
+    def sample(self, n: int, device: torch.device | str = "cpu") -> Tensor:
+        """Draw ``n`` noise levels sigma, shape (n,)."""
+
+    @abstractmethod
+    def generator_weight(self, sigma: Tensor) -> Tensor:
+        """``w(sigma)`` of the generator loss (docs/method.md section 3)."""
+
+    def ratio_weight(self, sigma: Tensor) -> Tensor:
+        """``lambda(sigma)`` of the ratio (logistic) loss; 1 unless a schedule says otherwise."""
+        return torch.ones_like(sigma)
+
+    @staticmethod
+    def noise(x: Tensor, sigma: Tensor) -> Tensor:
+        """``x + sigma * eps`` with sigma broadcast over the sample dimensions."""
+        return x + sigma.reshape(-1, *([1] * (x.ndim - 1))) * torch.randn_like(x)
+
+
+# --------------------------------------------------------------------------------------------------
+# Data and evaluation
+# --------------------------------------------------------------------------------------------------
+
+
+class Dataset(Component, ABC):
+    """Real data held as tensors; the engine draws random batches by index (no per-sample Python)."""
+
+    def __init__(self, config: Any = None) -> None:
+        self.config = config if config is not None else self.Config()
+
+    @property
+    @abstractmethod
+    def data_shape(self) -> tuple[int, ...]:
+        """Shape of one sample."""
+
+    @property
+    def num_labels(self) -> int:
+        """Number of classes; 0 when the data set is unlabelled or labels are switched off."""
+        return 0
+
+    @property
+    def sigma_data(self) -> float:
+        """Standard deviation of the data (EDM's sigma_data): 0.5 for images scaled to [-1, 1]."""
+        return 0.5
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    @abstractmethod
+    def get(self, index: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Return ``(x, labels)`` for the indices, ``x`` as float in model units on the data's device."""
+
+    def to(self, device: torch.device) -> Dataset:
+        """Move the held tensors to ``device`` (the engine calls it once)."""
+        return self
+
+    def reference(self, n: int) -> Tensor:
+        """``n`` data points not used for training where possible (for metrics); float, on CPU."""
+        g = torch.Generator().manual_seed(12345)
+        idx = torch.randperm(len(self), generator=g)[: min(n, len(self))]
+        return self.get(idx)[0].cpu()
+
+    def to_image(self, x: Tensor) -> Tensor | None:
+        """Map model-space samples to uint8 images (B, C, H, W), or None for non-image data."""
+        return None
+
+
+class Metric(Component, ABC):
+    """A quality measurement of a trained method, written to metrics.jsonl and the loggers."""
+
+    def __init__(self, config: Any = None) -> None:
+        self.config = config if config is not None else self.Config()
+
+    @abstractmethod
+    def compute(self, ctx: EvalContext) -> dict[str, float]:
+        """Return named values, e.g. ``{"energy_distance": 0.01}``."""
+
+
+@attrs.define
+class EvalContext:
+    """What a metric sees: a sampler of the current model, the data set and the run."""
+
+    sample: Callable[[int], Tensor]  # n -> generated samples (n, *data_shape), on CPU
+    dataset: Dataset
+    device: torch.device
+    run_dir: str
+    step: int
+
+
+# --------------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------------
+
+
+class Trainable(ABC):
+    """A model with its optimiser, as placed by a Strategy.
+
+    ``module`` is what forward passes that train the model use (possibly wrapped: DDP, DeepSpeed);
+    ``raw`` is the plain ``nn.Module`` (for EMA, frozen use inside another model's loss, saving).
+    """
+
+    module: nn.Module
+    raw: nn.Module
+
+    @abstractmethod
+    def backward(self, loss: Tensor) -> None: ...
+
+    @abstractmethod
+    def step(self) -> dict[str, float]:
+        """Clip, step the optimiser, zero the gradients; returns diagnostics such as grad_norm."""
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
+
+    def parameters(self) -> Iterator[nn.Parameter]:
+        return self.raw.parameters()
+
+
+@attrs.frozen(kw_only=True)
+class OptimizerConfig:
+    """Adam(W) settings of one trained model."""
+
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.0, 0.99)
+    weight_decay: float = 0.0
+    eps: float = 1e-8
+    grad_clip: float = 0.0  # 0 = off
+
+
+class Strategy(Component, ABC):
+    """Places models and optimisers on devices and steps them: single device, DDP, DeepSpeed."""
+
+    def __init__(self, config: Any = None) -> None:
+        self.config = config if config is not None else self.Config()
+
+    @property
+    @abstractmethod
+    def device(self) -> torch.device: ...
+
+    @property
+    def rank(self) -> int:
+        return 0
+
+    @property
+    def world_size(self) -> int:
+        return 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @abstractmethod
+    def prepare(self, name: str, module: nn.Module, optim: OptimizerConfig) -> Trainable:
+        """Move ``module`` to the device and pair it with its optimiser."""
+
+    def barrier(self) -> None:
+        """Wait for all ranks (no-op on one process)."""
+
+    def all_reduce_mean(self, values: dict[str, float]) -> dict[str, float]:
+        """Average logged scalars over ranks (identity on one process)."""
+        return values
+
+    def autocast(self) -> Any:
+        """Context manager for mixed precision on this strategy's device."""
+        import contextlib
+
+        return contextlib.nullcontext()
+
+
+class Method(Component, ABC):
+    """One training step's losses for a family of models: ``diffratio``, ``vsd``, ``edm``.
+
+    A method builds its models in ``__init__`` from the run context (which resolves the recipe's
+    backbone, generator, ratio, divergence and schedule tables), asks the strategy to place them,
+    and exposes every stateful object through ``state_dict`` so that checkpoints hold all of it.
+    """
+
+    #: component kinds (recipe tables) this method uses besides dataset, strategy, metrics, loggers
+    uses: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, config: Any, *, ctx: RunContext) -> None:
+        self.config = config
+        self.ctx = ctx
+
+    @abstractmethod
+    def train_step(self, step: int) -> dict[str, float]:
+        """Run one iteration (ratio steps then one generator step, say); return scalars to log.
+
+        Return values may be 0-d tensors; the engine turns them into floats only when logging, so the
+        step itself never waits for the device.
+        """
+
+    @abstractmethod
+    def sample(self, n: int, class_labels: Tensor | None = None) -> Tensor:
+        """Draw ``n`` samples of the model being trained (EMA weights where the method keeps them)."""
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Trainable parameters of each network, printed at start and kept in run.json."""
+        return {}
+
+    def images_per_step(self) -> int:
+        """Generated (or seen) samples per step, for the images/s display."""
+        return self.ctx.settings.batch_size
+
+
+class Logger(Component, ABC):
+    """Receives a run's scalars, images and text; the engine fans lifecycle events out to loggers."""
+
+    def __init__(self, config: Any = None, *, run_dir: str) -> None:
+        self.config = config if config is not None else self.Config()
+        self.run_dir = run_dir
+
+    @abstractmethod
+    def log_scalars(self, step: int, values: Mapping[str, float]) -> None: ...
+
+    def log_image(self, step: int, tag: str, image: Tensor) -> None:
+        """``image``: uint8 (C, H, W)."""
+
+    def log_text(self, step: int, tag: str, text: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+KINDS: dict[str, type[Component]] = {
+    "backbone": Backbone,
+    "generator": Generator,
+    "ratio": RatioEstimator,
+    "divergence": Divergence,
+    "method": Method,
+    "schedule": NoiseSchedule,
+    "dataset": Dataset,
+    "metric": Metric,
+    "strategy": Strategy,
+    "logger": Logger,
+}
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def append_dims(x: Tensor, ndim: int) -> Tensor:
+    """Reshape a (B,) tensor to broadcast against a tensor of ``ndim`` dimensions."""
+    return x.reshape(-1, *([1] * (ndim - 1)))
+
+
+LOG2 = math.log(2.0)

@@ -1,0 +1,485 @@
+"""The engine: builds a run from a resolved recipe and runs its training loop.
+
+``training_loop`` is the one function that drives every method; read it top to bottom. Everything it
+needs is passed in or built from the recipe; there is no global state besides the plugin registry.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from diffratio import checkpoint as ckpt
+from diffratio.components import (
+    Backbone,
+    Dataset,
+    Divergence,
+    EvalContext,
+    Generator,
+    Logger,
+    Method,
+    Metric,
+    NoiseSchedule,
+    RatioEstimator,
+    Strategy,
+)
+from diffratio.edm import EDMDenoiser
+from diffratio.errors import CheckpointError, DiffRatioError
+from diffratio.recipe import Recipe, RunSettings, meaningful_changes
+from diffratio.registry import Registry
+from diffratio.visualize import image_grid, save_png, scatter_image
+
+
+class Interrupted(DiffRatioError):
+    """Training stopped on SIGINT/SIGTERM after writing a checkpoint."""
+
+    def __init__(self, signum: int, step: int, path: Path) -> None:
+        self.exit_code = 128 + signum
+        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; checkpoint written to "
+                         f"{path}. Re-run the same command to resume.")
+
+
+class DataSampler:
+    """Random batches of real data by index, from its own seeded generator (its state is checkpointed)."""
+
+    def __init__(self, dataset: Dataset, seed: int, device: torch.device) -> None:
+        if len(dataset) == 0:
+            raise DiffRatioError(f"data set {type(dataset).registered_name!r} is empty")
+        self.dataset = dataset
+        self.device = device
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def batch(self, n: int) -> tuple[Tensor, Tensor | None]:
+        idx = torch.randint(len(self.dataset), (n,), generator=self.gen)
+        return self.dataset.get(idx.to(self.device, non_blocking=True))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": self.gen.get_state()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.gen.set_state(state["rng"])
+
+
+class RunContext:
+    """What a Method may use to build its models and draw data: built components, derived shapes."""
+
+    def __init__(self, recipe: Recipe, strategy: Strategy, dataset: Dataset, run_dir: Path,
+                 registry: Registry) -> None:
+        self.recipe = recipe
+        self.settings: RunSettings = recipe.settings
+        self.strategy = strategy
+        self.dataset = dataset
+        self.run_dir = run_dir
+        self.registry = registry
+        self.sampler = DataSampler(dataset, recipe.settings.seed * 1000 + strategy.rank + 1, strategy.device)
+
+    @property
+    def device(self) -> torch.device:
+        return self.strategy.device
+
+    @property
+    def data_shape(self) -> tuple[int, ...]:
+        return self.dataset.data_shape
+
+    @property
+    def num_labels(self) -> int:
+        return self.dataset.num_labels
+
+    def component(self, table: str) -> Any:
+        """Config and class of a component table (``"divergence"``, ...)."""
+        return self.recipe.components[table]
+
+    def build_backbone(self, mode: str = "full") -> Backbone:
+        c = self.component("backbone")
+        return c.cls(c.config, data_shape=self.data_shape, num_labels=self.num_labels, mode=mode)
+
+    def build_denoiser(self) -> EDMDenoiser:
+        return EDMDenoiser(self.build_backbone("full"), sigma_data=self.dataset.sigma_data)
+
+    def build_generator(self) -> Generator:
+        c = self.component("generator")
+        return c.cls(c.config, denoiser=self.build_denoiser())
+
+    def build_ratio(self) -> RatioEstimator:
+        c = self.component("ratio")
+        return c.cls(c.config, backbone=self.build_backbone("encoder"), sigma_data=self.dataset.sigma_data)
+
+    def build_divergence(self) -> Divergence:
+        c = self.component("divergence")
+        return c.cls(c.config)
+
+    def build_schedule(self) -> NoiseSchedule:
+        c = self.component("schedule")
+        return c.cls(c.config)
+
+    def real_batch(self, n: int) -> tuple[Tensor, Tensor | None]:
+        """``n`` real samples (and labels) on the device."""
+        return self.sampler.batch(n)
+
+    def random_labels(self, n: int) -> Tensor | None:
+        """Uniform class labels for generated samples, or None for unconditional data."""
+        if self.num_labels == 0:
+            return None
+        return torch.randint(self.num_labels, (n,), device=self.device)
+
+    def latents(self, generator: Generator, n: int) -> Tensor:
+        return torch.randn(n, *generator.latent_shape(self.data_shape), device=self.device)
+
+
+class Run:
+    """A live run, handed to lifecycle hooks: context, method, loggers and the current step."""
+
+    def __init__(self, ctx: RunContext, method: Method, loggers: list[Logger], metrics: dict[str, Metric]):
+        self.ctx = ctx
+        self.method = method
+        self.loggers = loggers
+        self.metrics = metrics
+        self.step = 0
+        self.train_seconds = 0.0  # wall time spent in training steps, summed over resumes
+
+    @property
+    def run_dir(self) -> Path:
+        return self.ctx.run_dir
+
+
+# --------------------------------------------------------------------------------------------------
+# Helpers of the loop
+# --------------------------------------------------------------------------------------------------
+
+
+def rng_state(device: torch.device) -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def git_revision() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def check_free_space(run_dir: Path, min_gb: float) -> None:
+    free = shutil.disk_usage(run_dir).free / 2**30
+    if free < min_gb:
+        raise DiffRatioError(f"only {free:.2f} GiB free on the disk of {run_dir}; at least {min_gb} GiB is "
+                             "required (run.min_free_disk_gb). Free space or choose another --run-dir.")
+
+
+def check_writable(run_dir: Path) -> None:
+    probe = run_dir / f".write-test-{os.getpid()}"
+    try:
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise DiffRatioError(f"run directory {run_dir} is not writable: {exc}. Fix its permissions or "
+                             "choose another --run-dir.") from exc
+
+
+def plugin_versions(recipe: Recipe, registry: Registry) -> dict[str, Any]:
+    out = {}
+    for table, comp in [*recipe.components.items(), *(("metrics." + k, v) for k, v in recipe.metrics.items()),
+                        *(("loggers." + k, v) for k, v in recipe.loggers.items())]:
+        prov = registry.entry(comp.kind, comp.name).provider
+        out[table] = {"name": comp.name, "plugin": prov.plugin, "package": prov.package, "version": prov.version}
+    return out
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    ckpt.write_atomic(path, (json.dumps(obj, indent=2, default=str) + "\n").encode())
+
+
+@contextmanager
+def graceful_signals() -> Iterator[list[int]]:
+    """Turn the first SIGINT/SIGTERM into a request (checked at step ends); a second one interrupts."""
+    received: list[int] = []
+
+    def handler(signum: int, _frame: Any) -> None:
+        if received:
+            raise KeyboardInterrupt
+        received.append(signum)
+        print(f"\n{signal.Signals(signum).name} received: finishing the step and writing a checkpoint "
+              "(send it again to stop at once)", file=sys.stderr, flush=True)
+
+    previous = {}
+    try:
+        for s in (signal.SIGINT, signal.SIGTERM):
+            previous[s] = signal.signal(s, handler)
+    except ValueError:  # not the main thread: no handlers
+        previous = {}
+    try:
+        yield received
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def visualize(run: Run, n: int = 1024) -> Tensor | None:
+    """A picture of current samples: scatter over data for 2-D data, a grid for images."""
+    ds = run.ctx.dataset
+    with torch.random.fork_rng(devices=[run.ctx.device] if run.ctx.device.type == "cuda" else []):
+        torch.manual_seed(run.ctx.settings.seed + 7)
+        if ds.data_shape == (2,):
+            samples = run.method.sample(n).float().cpu()
+            return scatter_image(ds.reference(n), samples)
+        samples = run.method.sample(64)
+    images = ds.to_image(samples)
+    return image_grid(images.cpu()) if images is not None else None
+
+
+def evaluate(run: Run) -> dict[str, float]:
+    """Compute every metric of the recipe on samples of the current model (RNG of training untouched)."""
+    results: dict[str, float] = {}
+    device = run.ctx.device
+
+    def sample(n: int) -> Tensor:
+        out, bs = [], max(run.ctx.settings.batch_size, 256)
+        for i in range(0, n, bs):
+            out.append(run.method.sample(min(bs, n - i)).float().cpu())
+        return torch.cat(out)
+
+    for name, metric in run.metrics.items():
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(run.ctx.settings.seed + 11)
+            ectx = EvalContext(sample=sample, dataset=run.ctx.dataset, device=device,
+                               run_dir=str(run.run_dir), step=run.step)
+            for k, v in metric.compute(ectx).items():
+                results[f"{name}/{k}" if k != name else name] = float(v)
+    return results
+
+
+# --------------------------------------------------------------------------------------------------
+# Building a run
+# --------------------------------------------------------------------------------------------------
+
+
+def default_run_dir(recipe: Recipe) -> Path:
+    return Path("runs") / recipe.settings.name
+
+
+def build_run(recipe: Recipe, run_dir: Path, registry: Registry) -> Run:
+    """Build strategy, data, method, loggers and metrics; no checkpoint is read here."""
+    comps = recipe.components
+    strategy: Strategy = comps["strategy"].cls(comps["strategy"].config)
+    torch.manual_seed(recipe.settings.seed * 7919 + strategy.rank)
+    dataset: Dataset = comps["dataset"].cls(comps["dataset"].config).to(strategy.device)
+    ctx = RunContext(recipe, strategy, dataset, run_dir, registry)
+    method: Method = comps["method"].cls(comps["method"].config, ctx=ctx)
+    loggers: list[Logger] = []
+    if strategy.is_main:
+        loggers = [r.cls(r.config, run_dir=str(run_dir)) for r in recipe.loggers.values()]
+    metrics = {name: r.cls(r.config) for name, r in recipe.metrics.items()}
+    return Run(ctx, method, loggers, metrics)
+
+
+def prepare_run_dir(recipe: Recipe, run_dir: Path, registry: Registry, *, is_main: bool = True) -> Path | None:
+    """Create/validate the run directory; return the checkpoint to resume from, if any.
+
+    Resuming refuses when settings that change the meaning of the checkpoint differ from run.json.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    check_writable(run_dir)
+    check_free_space(run_dir, recipe.settings.min_free_disk_gb)
+    latest = ckpt.find_latest(run_dir / "checkpoints")
+    run_json = run_dir / "run.json"
+    config = recipe.to_dict()
+    if latest is not None and run_json.exists():
+        old = json.loads(run_json.read_text()).get("config", {})
+        changes = meaningful_changes(old, config)
+        if changes:
+            raise DiffRatioError(
+                f"run directory {run_dir} holds a checkpoint of a different configuration:\n"
+                + "\n".join(f"  - {c}" for c in changes)
+                + "\nUse the original settings to resume, or a new --run-dir (or run.name) to start afresh.")
+    if is_main:
+        info = {
+            "config": config,
+            "recipe_file": recipe.source,
+            "recipe_text": recipe.text,
+            "sets": list(recipe.sets),
+            "plugins": plugin_versions(recipe, registry),
+            "git_revision": git_revision(),
+            "torch": torch.__version__,
+            "python": sys.version.split()[0],
+            "argv": sys.argv,
+        }
+        if run_json.exists():
+            prev = json.loads(run_json.read_text())
+            info["started"] = prev.get("started")
+            info["resumes"] = [*prev.get("resumes", []), time.strftime("%Y-%m-%dT%H:%M:%S")] if latest else []
+        else:
+            info["started"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        write_json_atomic(run_json, info)
+    return latest
+
+
+def record_parameter_counts(run: Run) -> dict[str, int]:
+    counts = run.method.parameter_counts()
+    run_json = run.run_dir / "run.json"
+    if run.ctx.strategy.is_main and run_json.exists():
+        info = json.loads(run_json.read_text())
+        info["parameters"] = counts
+        write_json_atomic(run_json, info)
+    return counts
+
+
+# --------------------------------------------------------------------------------------------------
+# The training loop
+# --------------------------------------------------------------------------------------------------
+
+
+def training_loop(
+    recipe: Recipe,  # resolved recipe: run settings and every component's config
+    run_dir: Path,  # where run.json, checkpoints/, tensorboard/, samples/ and metrics.jsonl live
+    registry: Registry,  # plugin registry (components and lifecycle hooks)
+    progress: bool = True,  # show a progress bar (main rank only)
+) -> Run:
+    """Train ``recipe`` in ``run_dir``, resuming from its latest checkpoint; return the finished run."""
+    s = recipe.settings
+    latest = prepare_run_dir(recipe, run_dir, registry)
+    run = build_run(recipe, run_dir, registry)
+    strategy, method, ctx = run.ctx.strategy, run.method, run.ctx
+    main = strategy.is_main
+
+    # Resume: every stateful object comes back by name.
+    if latest is not None:
+        state = ckpt.load_state(latest, map_location=strategy.device)
+        method.load_state_dict(state["method"])
+        ctx.sampler.load_state_dict(state["data"])
+        set_rng_state(state["rng"], strategy.device)
+        run.step, run.train_seconds = int(state["step"]), float(state.get("train_seconds", 0.0))
+
+    counts = record_parameter_counts(run)
+    if main:
+        params = ", ".join(f"{k} {v / 1e6:.3f}M" for k, v in counts.items())
+        where = f"resuming from step {run.step} ({latest})" if latest else "starting"
+        print(f"diffratio: {recipe.components['method'].name} on {recipe.components['dataset'].name}, "
+              f"{strategy.world_size} x {strategy.device}; parameters: {params}; {where}; run dir {run_dir}",
+              flush=True)
+    registry.emit("diffratio_on_run_start", extra=run.loggers, run=run)
+
+    def save() -> Path:
+        """Checkpoint on the main rank (strategies with sharded state save through method.state_dict)."""
+        state = {"step": run.step, "train_seconds": run.train_seconds, "method": method.state_dict(),
+                 "data": ctx.sampler.state_dict(), "rng": rng_state(strategy.device)}
+        path = run_dir / "checkpoints" / ckpt.step_dir_name(run.step)
+        if main:
+            ckpt.save_checkpoint(run_dir / "checkpoints", run.step, state, keep=s.keep_checkpoints)
+            registry.emit("diffratio_on_checkpoint", extra=run.loggers, run=run, step=run.step, path=str(path))
+        strategy.barrier()
+        return path
+
+    def log_samples() -> None:
+        image = visualize(run)
+        if image is not None and main:
+            save_png(image, run_dir / "samples" / f"step-{run.step:09d}.png")
+            for lg in run.loggers:
+                lg.log_image(run.step, "samples", image)
+
+    def log_evaluation() -> None:
+        results = evaluate(run)
+        if results and main:
+            line = {"step": run.step, "train_seconds": round(run.train_seconds, 3), **results}
+            with open(run_dir / "metrics.jsonl", "a") as fh:
+                fh.write(json.dumps(line) + "\n")
+            registry.emit("diffratio_on_evaluation", extra=run.loggers, run=run, step=run.step, results=results)
+            print("eval " + " ".join(f"{k}={v:.5g}" for k, v in results.items()), flush=True)
+
+    bar = _progress_bar(run.step, s.steps, enabled=progress and main)
+    pending: dict[str, list[Tensor | float]] = {}
+    t_last, step_last = time.perf_counter(), run.step
+    with graceful_signals() as signals:
+        while run.step < s.steps:
+            t0 = time.perf_counter()
+            scalars = method.train_step(run.step)
+            run.step += 1
+            for k, v in scalars.items():
+                pending.setdefault(k, []).append(v.detach() if isinstance(v, Tensor) else v)
+            run.train_seconds += time.perf_counter() - t0
+            last = run.step == s.steps
+
+            if run.step % s.log_every == 0 or last:
+                # the only host synchronisation of the loop: average the scalars since the last log
+                values = {k: float(torch.stack([torch.as_tensor(x, dtype=torch.float32) for x in v]).mean())
+                          for k, v in pending.items()}
+                values = strategy.all_reduce_mean(values)
+                pending.clear()
+                now = time.perf_counter()
+                values["images_per_second"] = ((run.step - step_last) * method.images_per_step()
+                                               * strategy.world_size / max(now - t_last, 1e-9))
+                t_last, step_last = now, run.step
+                bad = [k for k, v in values.items() if not math.isfinite(v)]
+                if bad:
+                    raise DiffRatioError(f"non-finite {', '.join(bad)} at step {run.step}; the last good "
+                                         f"checkpoint is under {run_dir / 'checkpoints'}. Lower the "
+                                         "learning rates or check the data.")
+                if main:
+                    bar.set_postfix_str(" ".join(f"{k}={v:.4g}" for k, v in values.items()), refresh=False)
+                    bar.update(run.step - bar.n)
+                registry.emit("diffratio_on_step_end", extra=run.loggers, run=run, step=run.step, scalars=values)
+            if s.sample_every and run.step % s.sample_every == 0 and not last:
+                log_samples()
+            if s.eval_every and run.step % s.eval_every == 0 and not last:
+                log_evaluation()
+            if run.step % s.checkpoint_every == 0 or last or signals:
+                path = save()
+            if signals:
+                bar.close()
+                registry.emit("diffratio_on_run_end", extra=run.loggers, run=run, step=run.step)
+                _close(run)
+                raise Interrupted(signals[0], run.step, path)
+    bar.close()
+
+    if main:
+        log_samples()
+        log_evaluation()
+        print(f"finished {run.step} steps in {run.train_seconds:.1f} s of training; outputs in {run_dir}",
+              flush=True)
+    registry.emit("diffratio_on_run_end", extra=run.loggers, run=run, step=run.step)
+    _close(run)
+    return run
+
+
+def _close(run: Run) -> None:
+    for lg in run.loggers:
+        lg.close()
+
+
+def _progress_bar(initial: int, total: int, enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, dynamic_ncols=True, unit="step",
+                mininterval=1.0 if sys.stderr.isatty() else 30.0, file=sys.stderr)
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The plain module inside DDP / DeepSpeed / compile wrappers."""
+    while hasattr(module, "module") and isinstance(module.module, nn.Module):
+        module = module.module
+    return getattr(module, "_orig_mod", module)
+
+
+__all__ = ["training_loop", "RunContext", "Run", "DataSampler", "Interrupted", "CheckpointError", "unwrap"]

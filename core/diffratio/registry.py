@@ -1,0 +1,209 @@
+"""Discovery of components through pluggy: built-ins from a fixed list, third parties by entry point.
+
+``Registry.load()`` registers the built-in plugin modules, then every module named in the entry-point
+group ``diffratio``. A plugin that fails to import, or whose registration hook raises, is recorded in
+``Registry.failures`` and reported; the others still load. Two components of one kind with one name
+fail, naming both providers.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata as md
+import warnings
+from collections.abc import Iterable
+from typing import Any
+
+import attrs
+import pluggy
+
+from diffratio.components import KINDS
+from diffratio.errors import PluginError
+from diffratio.hooks import PROJECT, REGISTRATION_HOOKS, ComponentSpec, Hookspecs
+
+#: Built-in plugin modules, registered in this order before any third-party plugin.
+BUILTIN_PLUGINS: tuple[str, ...] = ("diffratio_builtins",)
+ENTRY_POINT_GROUP = "diffratio"
+
+
+@attrs.frozen
+class Provider:
+    """Where a component comes from: the plugin's registered name and its distribution."""
+
+    plugin: str
+    package: str
+    version: str
+
+
+@attrs.frozen
+class Registered:
+    spec: ComponentSpec
+    provider: Provider
+
+
+@attrs.frozen
+class PluginFailure:
+    plugin: str
+    package: str
+    error: str
+
+
+class UnknownComponentError(PluginError):
+    def __init__(self, kind: str, name: str, choices: Iterable[str]) -> None:
+        choices = sorted(choices)
+        listed = ", ".join(choices) if choices else "none registered"
+        super().__init__(f"unknown {kind} {name!r} (choices: {listed})")
+
+
+def _dist_version(dist: str) -> str:
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return "unknown"
+
+
+class Registry:
+    """Holds the plugin manager and every registered component, by kind and name."""
+
+    def __init__(self) -> None:
+        self.pm = pluggy.PluginManager(PROJECT)
+        self.pm.add_hookspecs(Hookspecs)
+        self.components: dict[str, dict[str, Registered]] = {kind: {} for kind in KINDS}
+        self.failures: list[PluginFailure] = []
+        self._providers: dict[str, Provider] = {}
+        self._loaded = False
+
+    # ---- loading ----
+
+    def load(self, *, builtins: bool = True, entry_points: bool = True) -> Registry:
+        """Register built-ins and third-party plugins, then collect their components (once)."""
+        if self._loaded:
+            return self
+        if builtins:
+            version = _dist_version("diffratio")
+            for modname in BUILTIN_PLUGINS:
+                module = importlib.import_module(modname)
+                self.register(module, Provider(modname, "diffratio", version))
+        if entry_points:
+            self._load_entry_points()
+        self.pm.check_pending()
+        self._collect()
+        self._loaded = True
+        for f in self.failures:
+            warnings.warn(f"diffratio plugin {f.plugin!r} from package {f.package!r} failed and is "
+                          f"skipped: {f.error}", stacklevel=2)
+        return self
+
+    def register(self, plugin: Any, provider: Provider) -> None:
+        """Register one plugin object or module."""
+        self.pm.register(plugin, name=provider.plugin)
+        self._providers[provider.plugin] = provider
+
+    def _load_entry_points(self) -> None:
+        for ep in md.entry_points(group=ENTRY_POINT_GROUP):
+            dist = ep.dist.name if ep.dist is not None else "unknown"
+            version = ep.dist.version if ep.dist is not None else "unknown"
+            if self.pm.get_plugin(ep.name) is not None:
+                continue
+            try:
+                plugin = ep.load()
+            except Exception as exc:  # a broken plugin must not take the others down
+                self.failures.append(PluginFailure(ep.name, dist, f"import failed: "
+                                                   f"{type(exc).__name__}: {exc}"))
+                continue
+            try:
+                self.register(plugin, Provider(ep.name, dist, version))
+            except Exception as exc:
+                self.failures.append(PluginFailure(ep.name, dist, f"registration failed: {exc}"))
+
+    def _collect(self) -> None:
+        for kind, hook_name in REGISTRATION_HOOKS.items():
+            hook = getattr(self.pm.hook, hook_name)
+            for impl in reversed(hook.get_hookimpls()):  # registration order
+                provider = self._providers.get(impl.plugin_name, Provider(impl.plugin_name, "unknown", "?"))
+                try:
+                    specs = list(impl.function() or ())
+                    for spec in specs:
+                        self._check_spec(spec, kind)
+                except PluginError:
+                    raise
+                except Exception as exc:
+                    self.failures.append(PluginFailure(provider.plugin, provider.package,
+                                                       f"{hook_name}() raised {type(exc).__name__}: {exc}"))
+                    continue
+                for spec in specs:
+                    self._add(spec, provider)
+
+    @staticmethod
+    def _check_spec(spec: Any, kind: str) -> None:
+        if not isinstance(spec, ComponentSpec):
+            raise TypeError(f"expected ComponentSpec records, got {type(spec).__name__}")
+        if spec.kind != kind:
+            raise TypeError(f"{spec.name!r} is a {spec.kind} spec returned from the {kind} hook")
+        base = KINDS[kind]
+        if not (isinstance(spec.cls, type) and issubclass(spec.cls, base)):
+            raise TypeError(f"{kind} {spec.name!r}: class {spec.cls!r} does not derive from "
+                            f"diffratio.{base.__name__}")
+        if not attrs.has(spec.cls.Config):
+            raise TypeError(f"{kind} {spec.name!r}: {spec.cls.__name__}.Config is not an attrs class")
+
+    def _add(self, spec: ComponentSpec, provider: Provider) -> None:
+        existing = self.components[spec.kind].get(spec.name)
+        if existing is not None:
+            raise PluginError(
+                f"{spec.kind} {spec.name!r} is registered twice: by plugin {existing.provider.plugin!r} "
+                f"(package {existing.provider.package}) and by plugin {provider.plugin!r} (package "
+                f"{provider.package}); uninstall one or rename its component")
+        spec.cls.registered_name = spec.name
+        self.components[spec.kind][spec.name] = Registered(spec, provider)
+
+    # ---- queries ----
+
+    def get(self, kind: str, name: str) -> ComponentSpec:
+        return self.entry(kind, name).spec
+
+    def entry(self, kind: str, name: str) -> Registered:
+        if kind not in self.components:
+            raise PluginError(f"unknown component kind {kind!r} (kinds: {', '.join(self.components)})")
+        try:
+            return self.components[kind][name]
+        except KeyError:
+            raise UnknownComponentError(kind, name, self.components[kind]) from None
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self.components[kind])
+
+    # ---- lifecycle events ----
+
+    def emit(self, event: str, extra: Iterable[Any] = (), **kwargs: Any) -> None:
+        """Call lifecycle hook ``event`` on every plugin and on ``extra`` objects (the run's loggers).
+
+        A failing hook is reported once per plugin and does not stop the run.
+        """
+        hook = getattr(self.pm.hook, event)
+        targets = [(impl.plugin_name, impl.function) for impl in hook.get_hookimpls()]
+        targets += [(type(obj).__name__, getattr(obj, event)) for obj in extra if hasattr(obj, event)]
+        for name, fn in targets:
+            try:
+                fn(**kwargs)
+            except Exception as exc:
+                key = (name, event)
+                if key not in _reported:
+                    _reported.add(key)
+                    provider = self._providers.get(name)
+                    pkg = f" (package {provider.package})" if provider else ""
+                    warnings.warn(f"plugin {name!r}{pkg} raised in {event}: {type(exc).__name__}: {exc}; "
+                                  "the run goes on without it", stacklevel=2)
+
+
+_reported: set[tuple[str, str]] = set()
+
+_default: Registry | None = None
+
+
+def default_registry() -> Registry:
+    """The process-wide registry with built-ins and installed plugins, loaded on first use."""
+    global _default
+    if _default is None:
+        _default = Registry().load()
+    return _default

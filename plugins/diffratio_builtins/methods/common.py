@@ -1,0 +1,57 @@
+"""Pieces shared by the built-in methods: EMA, freezing a network, initialisation from pretraining."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from diffratio import DiffRatioError
+from diffratio.checkpoint import load_pretrained_denoiser
+
+
+def make_ema(module: nn.Module) -> nn.Module:
+    """A frozen copy of ``module`` to hold the exponential moving average of its weights."""
+    ema = copy.deepcopy(module).eval()
+    ema.requires_grad_(False)
+    return ema
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, module: nn.Module, decay: float) -> None:
+    """``ema = decay * ema + (1 - decay) * module`` for parameters; buffers are copied."""
+    ema_p = [p for p in ema.parameters()]
+    src_p = [p.detach() for p in module.parameters()]
+    torch._foreach_lerp_(ema_p, src_p, 1.0 - decay)
+    for b_ema, b in zip(ema.buffers(), module.buffers(), strict=True):
+        b_ema.copy_(b)
+
+
+@contextmanager
+def frozen(module: nn.Module) -> Iterator[nn.Module]:
+    """Parameters stop collecting gradients inside the block; gradients still flow through the inputs."""
+    flags = [p.requires_grad for p in module.parameters()]
+    module.requires_grad_(False)
+    try:
+        yield module
+    finally:
+        for p, f in zip(module.parameters(), flags, strict=True):
+            p.requires_grad_(f)
+
+
+def load_denoiser_weights(path: str, denoiser: nn.Module, what: str) -> None:
+    """Load a pretraining run's EMA denoiser into ``denoiser``; name any mismatched tensors."""
+    state = load_pretrained_denoiser(path)
+    own = denoiser.state_dict()
+    problems = [f"missing in checkpoint: {k}" for k in own if k not in state]
+    problems += [f"unexpected in checkpoint: {k}" for k in state if k not in own]
+    problems += [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+                 for k, v in own.items() if k in state and state[k].shape != v.shape]
+    if problems:
+        raise DiffRatioError(f"cannot initialise the {what} from {path}: the pretrained network differs "
+                             "(use the same [backbone] settings as the pretraining recipe):\n  "
+                             + "\n  ".join(problems[:20]))
+    denoiser.load_state_dict(state)

@@ -1,0 +1,99 @@
+"""One process, one device (CPU or one GPU)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import attrs
+import torch
+from torch import Tensor, nn
+
+from diffratio import DiffRatioError, OptimizerConfig, Strategy, Trainable
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks the GPU when there is one; ``cuda`` without a GPU is an error, not a fallback."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DiffRatioError(f"strategy.device = {name!r} but no CUDA GPU is visible; use device = \"cpu\" "
+                             "or \"auto\"")
+    return dev
+
+
+def make_optimizer(params: Any, cfg: OptimizerConfig, device: torch.device) -> torch.optim.Optimizer:
+    kw: dict[str, Any] = {"lr": cfg.lr, "betas": cfg.betas, "eps": cfg.eps, "weight_decay": cfg.weight_decay}
+    if device.type == "cuda":
+        kw["fused"] = True
+    cls = torch.optim.AdamW if cfg.weight_decay > 0 else torch.optim.Adam
+    return cls(params, **kw)
+
+
+class LocalTrainable(Trainable):
+    """A module on one device with its Adam optimiser; optional gradient clipping."""
+
+    def __init__(self, module: nn.Module, optim: OptimizerConfig, device: torch.device,
+                 wrapped: nn.Module | None = None) -> None:
+        self.raw = module
+        self.module = wrapped if wrapped is not None else module
+        self.cfg = optim
+        self.optimizer = make_optimizer([p for p in module.parameters() if p.requires_grad], optim, device)
+
+    def backward(self, loss: Tensor) -> None:
+        loss.backward()
+
+    def step(self) -> dict[str, float]:
+        out: dict[str, Any] = {}
+        if self.cfg.grad_clip > 0:
+            out["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.raw.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.raw.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.raw.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+class SingleDevice(Strategy):
+    """Everything on one device; bf16 autocast and TF32 on GPU when asked."""
+
+    @attrs.frozen(kw_only=True)
+    class Config:
+        device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
+        precision: Literal["fp32", "bf16"] = "fp32"  # bf16 = autocast of forward passes (GPU)
+        tf32: bool = True  # allow TF32 matrix products on Ampere+ GPUs
+        channels_last: bool = False  # memory format of 4-D image networks on GPU
+        threads: int = 0  # CPU threads for torch (0 = torch's default)
+
+    def __init__(self, config: Config | None = None) -> None:
+        super().__init__(config)
+        self._device = resolve_device(self.config.device)
+        if self.config.threads > 0:
+            torch.set_num_threads(self.config.threads)
+        if self._device.type == "cuda":
+            torch.cuda.set_device(self._device)
+            torch.backends.cuda.matmul.allow_tf32 = self.config.tf32
+            torch.backends.cudnn.allow_tf32 = self.config.tf32
+            torch.backends.cudnn.benchmark = True
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    def prepare(self, name: str, module: nn.Module, optim: OptimizerConfig) -> Trainable:
+        module = module.to(self._device)
+        if self.config.channels_last and self._device.type == "cuda":
+            module = module.to(memory_format=torch.channels_last)
+        return LocalTrainable(module, optim, self._device)
+
+    def autocast(self) -> Any:
+        if self.config.precision == "bf16":
+            return torch.autocast(self._device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
