@@ -8,6 +8,7 @@ of tables keyed by component name (``[metrics.energy-distance]``). Precedence: d
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 import typing
@@ -93,7 +94,7 @@ class Recipe:
             out[table] = {"name": comp.name, **converter.unstructure(comp.config)}
         for table, group in (("metrics", self.metrics), ("loggers", self.loggers)):
             out[table] = {name: converter.unstructure(c.config) for name, c in group.items()}
-        return out
+        return json.loads(json.dumps(out))  # plain JSON types (tuples become lists), as run.json stores it
 
 
 # --------------------------------------------------------------------------------------------------
@@ -150,23 +151,31 @@ def _walk_errors(exc: BaseException, path: str, cls: type | None) -> list[str]:
         known = ", ".join(f.name for f in attrs.fields(exc.cl)) if attrs.has(exc.cl) else ""
         return [f"{path}.{key}: unknown key" + (f" (known keys: {known})" if known else "")
                 for key in sorted(exc.extra_fields)]
-    if isinstance(exc, ClassValidationError):
+    if isinstance(exc, (ClassValidationError, IterableValidationError)):
+        with_notes, others = exc.group_exceptions()
         lines: list[str] = []
-        for sub, note in exc.group_exceptions():
+        for sub, note in with_notes:
             name = getattr(note, "name", None)
-            lines += _walk_errors(sub, f"{path}.{name}" if name else path, None)
-        return lines
-    if isinstance(exc, IterableValidationError):
-        lines = []
-        for sub, note in exc.group_exceptions():
             idx = getattr(note, "index", None)
-            lines += _walk_errors(sub, f"{path}[{idx}]" if idx is not None else path, None)
+            sub_path = f"{path}.{name}" if name is not None else f"{path}[{idx}]" if idx is not None else path
+            lines += _walk_errors(sub, sub_path, None)
+        for sub in others:
+            lines += _walk_errors(sub, path, None)
         return lines
     if isinstance(exc, BaseExceptionGroup):
         return [line for sub in exc.exceptions for line in _walk_errors(sub, path, None)]
     if isinstance(exc, KeyError):
         return [f"{path}: required key {exc.args[0]!r} is missing"]
-    return [f"{path}: {exc}"]
+    if isinstance(exc, TypeError) and "missing" in str(exc) and "required" in str(exc):
+        return [f"{path}: {exc}".replace("__init__() ", "")]
+    msg = str(exc.args[0]) if exc.args else str(exc)
+    m = _ATTRS_VALIDATOR.match(msg)
+    if m:  # attrs validators name the attribute inside the message: move it into the path
+        return [f"{path}.{m['name']}: must {m['rule']}, got {m['value']}"]
+    return [f"{path}: {msg}"]
+
+
+_ATTRS_VALIDATOR = re.compile(r"^'(?P<name>\w+)' must (?P<rule>.+?)(: | \(got )(?P<value>.*?)\)?$", re.S)
 
 
 def structure_config(data: Mapping[str, Any], cls: type, path: str) -> tuple[Any, list[str]]:

@@ -57,8 +57,6 @@ F_FUNCTIONS: dict[str, tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tens
     "hellinger": (lambda r: (torch.sqrt(r) - 1) ** 2, lambda lr: 0.5 * torch.exp(0.5 * lr)),
     # Pearson chi^2 (r - 1)^2: F'' = 2, h = 2 r^2
     "pearson": (lambda r: (r - 1) ** 2, lambda lr: 2 * torch.exp(2 * lr)),
-    # Neyman chi^2 (1 - r)^2 / r: F'' = 2 / r^3, h = 2 / r
-    "neyman": (lambda r: (1 - r) ** 2 / r, lambda lr: 2 * torch.exp(-lr)),
 }
 
 
@@ -67,7 +65,7 @@ class FDivergence(Divergence):
 
     @attrs.frozen(kw_only=True)
     class Config:
-        function: Literal["reverse-kl", "kl", "js", "hellinger", "pearson", "neyman"] = "hellinger"
+        function: Literal["reverse-kl", "kl", "js", "hellinger", "pearson"] = "hellinger"
         max_log_weight: float = 5.0  # clamp of log h, keeps weights of rare samples bounded
 
     def weight(self, f: Tensor) -> Tensor:

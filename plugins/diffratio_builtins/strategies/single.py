@@ -28,6 +28,8 @@ def make_optimizer(params: Any, cfg: OptimizerConfig, device: torch.device) -> t
     kw: dict[str, Any] = {"lr": cfg.lr, "betas": cfg.betas, "eps": cfg.eps, "weight_decay": cfg.weight_decay}
     if device.type == "cuda":
         kw["fused"] = True
+    else:
+        kw["foreach"] = True
     cls = torch.optim.AdamW if cfg.weight_decay > 0 else torch.optim.Adam
     return cls(params, **kw)
 

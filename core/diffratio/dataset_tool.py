@@ -1,0 +1,382 @@
+"""Reading users' image data (folders, EDM-style zips, npz) and the ``dr-dataset`` command.
+
+Everything here returns plain uint8 NumPy arrays and raises ``DataError`` with the offending file or
+index named, so that bad data stops a run before training rather than in the middle of it. The image
+data sets of ``diffratio_builtins`` read through these functions; ``dr-dataset convert`` turns a folder
+or zip into the ``.npz`` format those data sets load fastest (one array, no per-image decoding).
+
+The npz format: ``images`` uint8 (N, H, W, C) (or (N, C, H, W)), optional ``labels`` int64 (N,) and
+optional ``class_names`` (K,) strings. The zip format is NVlabs' (EDM, StyleGAN): images anywhere in
+the archive and an optional ``dataset.json`` ``{"labels": [["00000/img00000000.png", 6], ...]}``.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import os
+import sys
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import attrs
+import click
+import numpy as np
+
+from diffratio.errors import DataError, DiffRatioError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+_GRAY_MODES = {"1": "L", "L": "L", "LA": "L"}
+_RGB_MODES = {"RGB": "RGB", "RGBA": "RGB", "P": "RGB", "CMYK": "RGB", "YCbCr": "RGB"}
+
+
+@attrs.frozen
+class ImageArrays:
+    """Images as uint8 (N, H, W, C) with optional int64 labels and the class names they index."""
+
+    images: np.ndarray
+    labels: np.ndarray | None = None
+    class_names: tuple[str, ...] | None = None
+    names: tuple[str, ...] = ()  # the files the images came from (folder/zip), in order
+
+
+# --------------------------------------------------------------------------------------------------
+# Folders and zips
+# --------------------------------------------------------------------------------------------------
+
+
+class _Source:
+    """The files of a folder or a zip archive, by relative POSIX name."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._zip: zipfile.ZipFile | None = None
+        if path.is_dir():
+            self.files = sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file())
+        else:
+            try:
+                self._zip = zipfile.ZipFile(path)
+            except (zipfile.BadZipFile, OSError) as exc:
+                raise DataError(f"{path}: not a folder and not a readable zip archive ({exc})") from exc
+            self.files = sorted(n for n in self._zip.namelist() if not n.endswith("/"))
+        self.files = [f for f in self.files if not any(part.startswith(".") or part == "__MACOSX"
+                                                      for part in f.split("/"))]
+
+    def read(self, name: str) -> bytes:
+        try:
+            if self._zip is not None:
+                return self._zip.read(name)
+            return (self.path / name).read_bytes()
+        except (OSError, zipfile.BadZipFile, EOFError) as exc:
+            raise DataError(f"{self.where(name)}: cannot read the file ({exc})") from exc
+
+    def where(self, name: str) -> str:
+        return f"{self.path}:{name}" if self._zip is not None else str(self.path / name)
+
+    def close(self) -> None:
+        if self._zip is not None:
+            self._zip.close()
+
+
+def _labels_for(src: _Source, names: Sequence[str]) -> tuple[np.ndarray | None, tuple[str, ...] | None]:
+    """Labels from ``dataset.json`` if there is one, else from one level of class subfolders, else none."""
+    if "dataset.json" in src.files:
+        try:
+            meta = json.loads(src.read("dataset.json"))
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{src.where('dataset.json')}: not valid JSON ({exc})") from exc
+        raw = meta.get("labels") if isinstance(meta, dict) else None
+        if raw is None:
+            return None, None
+        try:
+            table = dict(raw)
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"{src.where('dataset.json')}: 'labels' must be a list of [file, label] pairs "
+                            f"({exc})") from exc
+        labels = np.empty(len(names), np.int64)
+        for i, name in enumerate(names):
+            if name not in table:
+                raise DataError(f"{src.where('dataset.json')}: no label for image {name}")
+            value = table[name]
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise DataError(f"{src.where('dataset.json')}: label of {name} is {value!r}; expected a class "
+                                f"index (an integer; vector/one-hot labels are not supported)")
+            labels[i] = value
+        return labels, None
+    dirs = [n.split("/")[0] if n.count("/") == 1 else None for n in names]
+    if names and all(d is not None for d in dirs):
+        classes = tuple(sorted(set(dirs)))  # type: ignore[arg-type]
+        index = {c: i for i, c in enumerate(classes)}
+        return np.array([index[d] for d in dirs], np.int64), classes
+    return None, None
+
+
+def _transform(img: Any, resolution: int, center_crop: bool) -> Any:
+    """EDM dataset_tool's transforms: centre crop to a square and/or Lanczos resize to R x R."""
+    from PIL import Image
+
+    if center_crop:
+        w, h = img.size
+        s = min(w, h)
+        left, top = (w - s) // 2, (h - s) // 2
+        img = img.crop((left, top, left + s, top + s))
+    if resolution and img.size != (resolution, resolution):
+        img = img.resize((resolution, resolution), Image.LANCZOS)
+    return img
+
+
+def decode_image(data: bytes, where: str, resolution: int = 0, center_crop: bool = False) -> np.ndarray:
+    """Decode one image file to uint8 (H, W, C), C = 1 for grey, 3 for colour (alpha dropped)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            mode = _GRAY_MODES.get(img.mode) or _RGB_MODES.get(img.mode)
+            if mode is None:
+                raise DataError(f"{where}: unsupported image mode {img.mode!r} (8-bit grey or RGB expected)")
+            img = _transform(img.convert(mode), resolution, center_crop)
+            arr = np.asarray(img, dtype=np.uint8)
+    except DataError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
+        raise DataError(f"{where}: cannot read the image ({type(exc).__name__}: {exc})") from exc
+    return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+def _describe(shape: tuple[int, ...]) -> str:
+    h, w, c = shape
+    return f"{w}x{h} with {c} channel{'s' if c != 1 else ''}"
+
+
+def read_image_source(path: str | Path, *, resolution: int = 0, center_crop: bool = False, max_images: int = 0,
+                      seed: int = 0, workers: int | None = None) -> ImageArrays:
+    """Load every image of a folder or EDM-style zip into one uint8 (N, H, W, C) array.
+
+    All images must have one size and channel count unless ``resolution`` resizes them; labels come
+    from ``dataset.json`` or class subfolders (see module docstring). ``max_images`` > 0 keeps a
+    random subset (fixed by ``seed``) and decodes only that.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path} does not exist (expected a folder of images or a .zip archive)")
+    src = _Source(path)
+    try:
+        names = [f for f in src.files if f.lower().endswith(IMAGE_EXTENSIONS)]
+        if not names:
+            hint = " (an .npz file: use the npz-images data set)" if path.suffix.lower() == ".npz" else ""
+            raise DataError(f"{path}: no images found ({', '.join(IMAGE_EXTENSIONS)}){hint}")
+        labels, class_names = _labels_for(src, names)
+        if 0 < max_images < len(names):
+            keep = np.sort(np.random.default_rng(seed).choice(len(names), max_images, replace=False))
+            names = [names[i] for i in keep]
+            labels = labels[keep] if labels is not None else None
+        if labels is not None:
+            check_labels(labels, len(names), str(path), names=names)
+        decode = functools.partial(decode_image, resolution=resolution, center_crop=center_crop)
+        images = _decode_all(src, names, decode, workers)
+    finally:
+        src.close()
+    return ImageArrays(images, labels, class_names, tuple(names))
+
+
+def _decode_all(src: _Source, names: Sequence[str], decode: Callable[..., np.ndarray],
+                workers: int | None) -> np.ndarray:
+    """Decode in threads (Pillow releases the GIL), filling one preallocated array in file order."""
+    workers = workers or min(8, os.cpu_count() or 1)
+    out: np.ndarray | None = None
+    first = names[0]
+    chunk = 512
+    with ThreadPoolExecutor(workers) as pool:
+        for start in range(0, len(names), chunk):
+            part = names[start:start + chunk]
+            blobs = [src.read(n) for n in part]
+            arrays = pool.map(lambda nb: decode(nb[1], src.where(nb[0])), zip(part, blobs, strict=True))
+            for i, (name, arr) in enumerate(zip(part, arrays, strict=True)):
+                if out is None:
+                    out = np.empty((len(names), *arr.shape), np.uint8)
+                elif arr.shape != out.shape[1:]:
+                    raise DataError(
+                        f"{src.where(name)}: image is {_describe(arr.shape)}, but {first} is "
+                        f"{_describe(out.shape[1:])}; all images must have one size and channel count "
+                        f"(`dr-dataset convert SRC DEST.npz --resolution R` resizes them)")
+                out[start + i] = arr
+    assert out is not None
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# npz
+# --------------------------------------------------------------------------------------------------
+
+
+def check_labels(labels: Any, n: int, where: str, num_classes: int = 0, names: Sequence[str] = ()) -> np.ndarray:
+    """Validate class-index labels: integer, shape (n,), 0 <= label (< num_classes when given)."""
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "iu":
+        raise DataError(f"{where}: labels must be integers (class indices), got dtype {labels.dtype}")
+    if labels.shape != (n,):
+        raise DataError(f"{where}: labels must have shape ({n},) to match the images, got {labels.shape}")
+    bad = (labels < 0) | ((labels >= num_classes) if num_classes > 0 else False)
+    if bad.any():
+        i = int(np.argmax(bad))
+        what = f"image {i}" + (f" ({names[i]})" if names else "")
+        allowed = f"0..{num_classes - 1}" if num_classes > 0 else ">= 0"
+        raise DataError(f"{where}: label of {what} is {int(labels[i])}, outside {allowed}")
+    return labels.astype(np.int64)
+
+
+def read_npz_images(path: str | Path, layout: str = "auto") -> ImageArrays:
+    """Load ``images`` (uint8; NHWC, NCHW or (N, H, W)) and optional ``labels`` from an .npz file.
+
+    ``layout`` is "auto" (channels = the axis of size 1 or 3), "NHWC" or "NCHW"; returns NHWC.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path} does not exist (expected an .npz file with a uint8 'images' array)")
+    if path.is_dir():
+        raise DataError(f"{path} is a folder; npz-images reads one .npz file (image-folder reads folders)")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if "images" not in data.files:
+                raise DataError(f"{path}: no array 'images' (arrays: {', '.join(data.files) or 'none'})")
+            images = data["images"]
+            labels = data["labels"] if "labels" in data.files else None
+            class_names = tuple(str(c) for c in data["class_names"]) if "class_names" in data.files else None
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(f"{path}: cannot be read as .npz ({type(exc).__name__}: {exc})") from exc
+    if images.dtype != np.uint8:
+        raise DataError(f"{path}: 'images' must be uint8 (0..255), got {images.dtype}; convert with "
+                        f"np.clip(np.rint(x), 0, 255).astype(np.uint8) after scaling")
+    images = to_nhwc(images, layout, f"{path}['images']")
+    if images.shape[0] == 0:
+        raise DataError(f"{path}: 'images' is empty (shape {images.shape})")
+    if labels is not None:
+        labels = check_labels(labels, images.shape[0], f"{path}['labels']")
+    return ImageArrays(images, labels, class_names)
+
+
+def to_nhwc(images: np.ndarray, layout: str, where: str) -> np.ndarray:
+    """Bring a uint8 image stack to (N, H, W, C), deciding the channel axis by ``layout``."""
+    if images.ndim == 3:
+        return images[..., None]
+    if images.ndim != 4:
+        raise DataError(f"{where}: expected shape (N, H, W, C), (N, C, H, W) or (N, H, W), got {images.shape}")
+    if layout == "auto":
+        last, second = images.shape[3] in (1, 3), images.shape[1] in (1, 3)
+        if last == second:
+            raise DataError(f"{where}: cannot tell the channel axis of shape {images.shape}; set "
+                            f"layout = \"NHWC\" or \"NCHW\"")
+        layout = "NHWC" if last else "NCHW"
+    if layout == "NCHW":
+        return np.ascontiguousarray(images.transpose(0, 2, 3, 1))
+    if layout != "NHWC":
+        raise DataError(f"{where}: layout must be 'auto', 'NHWC' or 'NCHW', not {layout!r}")
+    return images
+
+
+def read_images(path: str | Path, **kwargs: Any) -> ImageArrays:
+    """An .npz file, a folder or a zip, by what ``path`` is."""
+    p = Path(path)
+    if p.suffix.lower() == ".npz":
+        return read_npz_images(p)
+    return read_image_source(p, **kwargs)
+
+
+def write_npz(dest: str | Path, arrays: ImageArrays, compress: bool = False) -> Path:
+    """Write the npz format atomically (a partial file never replaces ``dest``)."""
+    dest = Path(dest)
+    if dest.suffix.lower() != ".npz":
+        raise DataError(f"{dest}: the output file must end in .npz")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    out: dict[str, np.ndarray] = {"images": arrays.images}
+    if arrays.labels is not None:
+        out["labels"] = arrays.labels.astype(np.int64)
+    if arrays.class_names is not None:
+        out["class_names"] = np.array(arrays.class_names, dtype=str)
+    tmp = dest.with_name(dest.name + ".partial")
+    try:
+        with open(tmp, "wb") as f:
+            (np.savez_compressed if compress else np.savez)(f, **out)
+        os.replace(tmp, dest)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise DataError(f"{dest}: cannot write ({exc})") from exc
+    return dest
+
+
+def summary(arrays: ImageArrays) -> Iterator[str]:
+    """Human-readable lines about a loaded data set."""
+    n, h, w, c = arrays.images.shape
+    yield f"images: {n} of {w}x{h}, {c} channel{'s' if c != 1 else ''}, uint8"
+    mean = arrays.images.reshape(-1, c).mean(0)
+    yield "pixel mean per channel: " + ", ".join(f"{m:.2f}" for m in mean)
+    if arrays.labels is None:
+        yield "labels: none"
+    else:
+        counts = np.bincount(arrays.labels)
+        yield f"labels: {len(counts)} classes, {int(counts.min())}..{int(counts.max())} images per class"
+        if arrays.class_names:
+            names = list(arrays.class_names)
+            yield "classes: " + ", ".join(names[:20]) + (f", ... ({len(names)} in all)" if len(names) > 20 else "")
+
+
+# --------------------------------------------------------------------------------------------------
+# dr-dataset
+# --------------------------------------------------------------------------------------------------
+
+
+def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except DiffRatioError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def dataset() -> None:
+    """Convert and inspect image data sets for diffratio (npz, image folders, EDM-style zips)."""
+
+
+@dataset.command()
+@click.argument("src", type=click.Path(path_type=Path))
+@click.argument("dest", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--resolution", type=click.IntRange(min=1), default=None,
+              help="Resize every image to R x R (Lanczos).")
+@click.option("--center-crop", is_flag=True, help="Crop each image to its centred square first.")
+@click.option("--max-images", type=click.IntRange(min=0), default=0, help="Keep a random subset (0 = all).")
+@click.option("--compress", is_flag=True, help="Write a compressed .npz (smaller, slower to load).")
+@_friendly
+def convert(src: Path, dest: Path, resolution: int | None, center_crop: bool, max_images: int,
+            compress: bool) -> None:
+    """Turn an image folder or EDM-style zip SRC into DEST.npz for the npz-images data set.
+
+    Class subfolders (SRC/cat/*.png) or a dataset.json become labels.
+    """
+    arrays = read_image_source(src, resolution=resolution or 0, center_crop=center_crop, max_images=max_images)
+    write_npz(dest, arrays, compress=compress)
+    click.echo(f"wrote {dest} ({dest.stat().st_size / 2**20:.1f} MiB)")
+    for line in summary(arrays):
+        click.echo(line)
+
+
+@dataset.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@_friendly
+def info(path: Path) -> None:
+    """Read PATH (an .npz, a folder or a zip) fully and describe it; fails on the first bad file."""
+    arrays = read_images(path)
+    click.echo(str(path))
+    for line in summary(arrays):
+        click.echo(line)
