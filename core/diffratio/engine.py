@@ -300,7 +300,10 @@ def prepare_run_dir(recipe: Recipe, run_dir: Path, registry: Registry, *, is_mai
 
     Resuming refuses when settings that change the meaning of the checkpoint differ from run.json.
     """
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DiffRatioError(f"cannot create the run directory {run_dir}: {exc}. Choose another --run-dir.") from exc
     check_writable(run_dir)
     check_free_space(run_dir, recipe.settings.min_free_disk_gb)
     latest = ckpt.find_latest(run_dir / "checkpoints")

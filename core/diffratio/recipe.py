@@ -291,8 +291,10 @@ def resolve_recipe(doc: dict[str, Any], sets: Sequence[str] = (), *, registry: R
 
     groups: dict[str, dict[str, Resolved]] = {}
     for table, defaults in MULTI_TABLES.items():
-        raw = doc.get(table, defaults)
+        raw = doc.get(table, {})
         group: dict[str, Resolved] = {}
+        if isinstance(raw, dict):
+            raw = {**defaults, **raw}  # defaults stay on unless switched off with `name = false`
         if not isinstance(raw, dict):
             errors.append(f"recipe.{table}: expected a table of tables, e.g. [{table}.NAME]")
         else:

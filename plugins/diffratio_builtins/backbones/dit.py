@@ -1,0 +1,214 @@
+"""A DiT backbone (Peebles & Xie 2023): patchify, transformer blocks with adaLN-Zero conditioning, unpatchify.
+
+The conditioning vector ``c`` is an MLP of sin/cos features of the noise label plus a learned class
+embedding; every block turns ``c`` into shift, scale and gate of its attention and MLP branches through a
+zero-initialised linear layer, so each block starts as the identity (adaLN-Zero), and the final linear
+layer is zero-initialised, so the ``full`` model starts at output 0.
+
+``encoder`` mode keeps the patch embedding, the conditioning and the first ``depth // 2`` blocks, then a
+parameter-free LayerNorm and the mean over tokens; its parameter names are those of ``full`` mode.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import attrs
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from diffratio import Backbone, DiffRatioError
+from diffratio.attention import BACKENDS, attention, check_backend
+from diffratio_builtins.backbones.unet import FourierEmbedding, PositionalEmbedding
+
+#: (depth, hidden width, heads) of the DiT paper's model sizes
+PRESETS: dict[str, tuple[int, int, int]] = {
+    "S": (12, 384, 6),
+    "B": (12, 768, 12),
+    "L": (24, 1024, 16),
+    "XL": (28, 1152, 16),
+}
+
+_pos = attrs.validators.gt(0)
+_opt_pos = attrs.validators.optional(_pos)
+
+
+def sincos_pos_embed(dim: int, grid_h: int, grid_w: int) -> Tensor:
+    """Fixed 2-D sin/cos position embedding, (grid_h * grid_w, dim): half the channels per axis."""
+    quarter = dim // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float32) / quarter)
+
+    def axis(n: int) -> Tensor:
+        arg = torch.arange(n, dtype=torch.float32)[:, None] * omega[None]
+        return torch.cat([arg.sin(), arg.cos()], dim=1)  # (n, dim / 2)
+
+    rows = axis(grid_h)[:, None, :].expand(grid_h, grid_w, 2 * quarter)
+    cols = axis(grid_w)[None, :, :].expand(grid_h, grid_w, 2 * quarter)
+    return torch.cat([rows, cols], dim=-1).reshape(grid_h * grid_w, 4 * quarter)
+
+
+def _xavier(layer: nn.Linear) -> None:
+    nn.init.xavier_uniform_(layer.weight)
+    nn.init.zeros_(layer.bias)
+
+
+def _zero(layer: nn.Linear) -> None:
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+
+
+class DiTBlock(nn.Module):
+    """Pre-norm transformer block; adaLN-Zero gives shift, scale and gate of both branches from ``c``."""
+
+    def __init__(self, hidden: int, heads: int, mlp_ratio: float, attn_backend: str) -> None:
+        super().__init__()
+        self.heads = heads
+        self.attn_backend = attn_backend
+        mlp_hidden = int(hidden * mlp_ratio)
+        self.norm1 = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.proj = nn.Linear(hidden, hidden)
+        self.norm2 = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(hidden, mlp_hidden), nn.GELU(approximate="tanh"),
+                                 nn.Linear(mlp_hidden, hidden))
+        self.adaLN = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 6 * hidden))
+        for layer in (self.qkv, self.proj, self.mlp[0], self.mlp[2]):
+            _xavier(layer)
+        _zero(self.adaLN[1])
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN(c)[:, None, :].chunk(6, dim=-1)
+        x = x + gate1 * self._attend(self.norm1(x) * (1 + scale1) + shift1)
+        return x + gate2 * self.mlp(self.norm2(x) * (1 + scale2) + shift2)
+
+    def _attend(self, h: Tensor) -> Tensor:
+        b, n, d = h.shape
+        # (B, N, 3D) -> (B, N, 3, heads, D/heads) -> 3 x (B, heads, N, D/heads)
+        q, k, v = self.qkv(h).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        a = attention(q, k, v, self.attn_backend)
+        return self.proj(a.transpose(1, 2).reshape(b, n, d))
+
+
+class DiTFinalLayer(nn.Module):
+    """adaLN-modulated LayerNorm and a zero-initialised linear map of each token to its patch."""
+
+    def __init__(self, hidden: int, out_dim: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
+        self.adaLN = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 2 * hidden))
+        self.linear = nn.Linear(hidden, out_dim)
+        _zero(self.adaLN[1])
+        _zero(self.linear)
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        shift, scale = self.adaLN(c)[:, None, :].chunk(2, dim=-1)
+        return self.linear(self.norm(x) * (1 + scale) + shift)
+
+
+class DiTBackbone(Backbone):
+    """Diffusion transformer on (C, H, W) images or latents, with the DiT paper's S/B/L/XL presets.
+
+    ``depth``, ``hidden`` and ``heads`` override the preset when given. DiT-XL/2 on 64x64x4 latents
+    (1,024 tokens) is the 512x512 recipe's model.
+    """
+
+    attention_backends = BACKENDS
+
+    @attrs.frozen(kw_only=True)
+    class Config:
+        size: Literal["S", "B", "L", "XL"] = "S"  # preset (depth, width, heads): see PRESETS
+        patch_size: int = attrs.field(default=2, validator=_pos)  # side of the square patches
+        depth: int | None = attrs.field(default=None, validator=_opt_pos)  # override the preset's depth
+        hidden: int | None = attrs.field(default=None, validator=_opt_pos)  # override the preset's width
+        heads: int | None = attrs.field(default=None, validator=_opt_pos)  # override the preset's heads
+        mlp_ratio: float = attrs.field(default=4.0, validator=_pos)  # MLP width / hidden width
+        pos_embed: Literal["sincos", "learned"] = "sincos"  # fixed 2-D sin/cos, or learned (from sin/cos)
+        embedding: Literal["positional", "fourier"] = "positional"  # features of the noise label
+        noise_channels: int = attrs.field(default=256, validator=_pos)  # width of those features
+        fourier_scale: float = attrs.field(default=16.0, validator=_pos)  # std of the Fourier frequencies
+        label_dropout: float = attrs.field(default=0.0, validator=[attrs.validators.ge(0), attrs.validators.le(1)])
+        # ^ probability of dropping the class embedding in training (classifier-free guidance); off by default
+        attention: Literal["sdpa", "math", "xformers"] = "sdpa"  # attention backend (diffratio.attention)
+
+    def __init__(self, config: Config, *, data_shape: tuple[int, ...], num_labels: int = 0,
+                 mode: str = "full") -> None:
+        super().__init__(config, data_shape=data_shape, num_labels=num_labels, mode=mode)
+        c = config
+        depth, hidden, heads = (v if v is not None else p
+                                for v, p in zip((c.depth, c.hidden, c.heads), PRESETS[c.size], strict=True))
+        self._check(c, self.data_shape, depth, hidden, heads, mode)
+        check_backend(c.attention)
+        self.depth, self.hidden, self.heads = depth, hidden, heads
+        chans, h, w = self.data_shape
+        p = c.patch_size
+        self.grid = (h // p, w // p)
+
+        self.patch_embed = nn.Conv2d(chans, hidden, p, stride=p)
+        nn.init.xavier_uniform_(self.patch_embed.weight.view(hidden, -1))
+        nn.init.zeros_(self.patch_embed.bias)
+        pos = sincos_pos_embed(hidden, *self.grid)[None]
+        if c.pos_embed == "learned":
+            self.pos_embed = nn.Parameter(pos)
+        else:
+            self.register_buffer("pos_embed", pos, persistent=False)
+
+        self.map_noise = (PositionalEmbedding(c.noise_channels) if c.embedding == "positional"
+                          else FourierEmbedding(c.noise_channels, c.fourier_scale))
+        self.noise_mlp = nn.Sequential(nn.Linear(c.noise_channels, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        for layer in (self.noise_mlp[0], self.noise_mlp[2]):
+            nn.init.normal_(layer.weight, std=0.02)
+            nn.init.zeros_(layer.bias)
+        self.label_embed = nn.Embedding(num_labels, hidden) if num_labels else None
+        if self.label_embed is not None:
+            nn.init.normal_(self.label_embed.weight, std=0.02)
+
+        n_blocks = depth if mode == "full" else depth // 2
+        self.blocks = nn.ModuleList(DiTBlock(hidden, heads, c.mlp_ratio, c.attention) for _ in range(n_blocks))
+        if mode == "full":
+            self.final = DiTFinalLayer(hidden, p * p * chans)
+
+    @staticmethod
+    def _check(c: Config, data_shape: tuple[int, ...], depth: int, hidden: int, heads: int, mode: str) -> None:
+        if len(data_shape) != 3:
+            raise DiffRatioError(f"dit: needs images or latents of shape (C, H, W), got data shape {data_shape}")
+        _, h, w = data_shape
+        if h % c.patch_size or w % c.patch_size:
+            raise DiffRatioError(f"dit: patch_size {c.patch_size} does not divide the resolution {h}x{w}")
+        if hidden % heads:
+            raise DiffRatioError(f"dit: heads {heads} does not divide the width hidden = {hidden}")
+        if hidden % 4:
+            raise DiffRatioError(f"dit: the 2-D position embedding needs hidden divisible by 4, got {hidden}")
+        if c.noise_channels % 2:
+            raise DiffRatioError(f"dit: noise_channels must be even, got {c.noise_channels}")
+        if mode == "encoder" and depth < 2:
+            raise DiffRatioError(f"dit: encoder mode uses depth // 2 blocks and needs depth >= 2, got {depth}")
+
+    @property
+    def feature_dim(self) -> int:
+        return self.hidden
+
+    def embed(self, noise_labels: Tensor, class_labels: Tensor | None) -> Tensor:
+        """The (B, hidden) conditioning vector ``c`` from noise labels and class labels."""
+        cond = self.noise_mlp(self.map_noise(noise_labels))
+        if self.label_embed is not None:
+            if class_labels is None:
+                raise ValueError("this backbone is class-conditional: pass class_labels")
+            lab = self.label_embed(class_labels)
+            if self.training and self.config.label_dropout > 0:
+                keep = torch.rand(lab.shape[0], 1, device=lab.device) >= self.config.label_dropout
+                lab = lab * keep.to(lab.dtype)
+            cond = cond + lab.to(cond.dtype)
+        return cond
+
+    def forward(self, x: Tensor, noise_labels: Tensor, class_labels: Tensor | None = None) -> Tensor:
+        cond = self.embed(noise_labels, class_labels)
+        h = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed  # (B, N, hidden)
+        for blk in self.blocks:
+            h = blk(h, cond)
+        if self.mode == "encoder":
+            return F.layer_norm(h, (self.hidden,), eps=1e-6).mean(dim=1)
+        out = self.final(h, cond)  # (B, N, p * p * C)
+        b, (gh, gw), p, chans = x.shape[0], self.grid, self.config.patch_size, self.data_shape[0]
+        out = out.reshape(b, gh, gw, p, p, chans).permute(0, 5, 1, 3, 2, 4)
+        return out.reshape(b, chans, gh * p, gw * p)

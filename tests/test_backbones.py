@@ -1,0 +1,269 @@
+"""The image backbones (U-Net, DiT) on CPU with tiny configs: shapes, conditioning, encoder weights, errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from diffratio import Backbone, DiffRatioError, count_parameters
+from diffratio import attention as attn
+from diffratio.edm import EDMDenoiser
+from diffratio.recipe import structure_config
+from diffratio_builtins.backbones import dit, unet
+from diffratio_builtins.models import ClassifierRatio
+
+UNET_TINY = unet.UNetBackbone.Config(model_channels=8, channel_mult=(1, 2), num_blocks=1, attn_resolutions=(4,),
+                                     num_heads=2)
+DIT_TINY = dit.DiTBackbone.Config(size="S", depth=2, hidden=32, heads=2, patch_size=2)
+SHAPE = {"unet": (2, 8, 8), "dit": (3, 8, 8)}
+
+
+def build(kind: str, mode: str = "full", num_labels: int = 0, **overrides: Any) -> Backbone:
+    if kind == "unet":
+        cls, base = unet.UNetBackbone, UNET_TINY
+    else:
+        cls, base = dit.DiTBackbone, DIT_TINY
+    config = cls.Config(**{**_fields(base), **overrides})
+    return cls(config, data_shape=SHAPE[kind], num_labels=num_labels, mode=mode)
+
+
+def _fields(config: Any) -> dict[str, Any]:
+    return {a.name: getattr(config, a.name) for a in type(config).__attrs_attrs__}
+
+
+def inputs(kind: str, batch: int = 3, num_labels: int = 0, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, *SHAPE[kind], generator=g)
+    s = torch.randn(batch, generator=g)
+    y = torch.randint(0, num_labels, (batch,), generator=g) if num_labels else None
+    return x, s, y
+
+
+def perturb(model: torch.nn.Module, seed: int = 1) -> None:
+    """Move every parameter off its (zero or near-zero) initial value, so every path reaches the output."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.2 * torch.randn(p.shape, generator=g))
+
+
+KINDS = ["unet", "dit"]
+
+
+@pytest.mark.parametrize("num_labels", [0, 4])
+@pytest.mark.parametrize("kind", KINDS)
+def test_forward_backward_shapes(kind: str, num_labels: int) -> None:
+    x, s, y = inputs(kind, num_labels=num_labels)
+    for mode in ("full", "encoder"):
+        model = build(kind, mode, num_labels)
+        out = model(x, s, y)
+        expected = x.shape if mode == "full" else (x.shape[0], model.feature_dim)
+        assert out.shape == expected, (mode, out.shape)
+        if mode == "full":
+            assert out.abs().max() == 0  # zero-initialised output layer
+        (out.square().sum() + out.sum()).backward()
+        unused = [n for n, p in model.named_parameters() if p.grad is None]
+        assert not unused, f"{mode}: parameters outside the graph: {unused}"
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("mode", ["full", "encoder"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_conditioning_changes_the_output_per_sample(kind: str, mode: str) -> None:
+    model = build(kind, mode, num_labels=4).eval()
+    perturb(model)
+    x, s, y = inputs(kind, batch=3, num_labels=4)
+    with torch.no_grad():
+        base = model(x, s, y)
+        s2, y2 = s.clone(), y.clone()
+        s2[1] += 1.0
+        y2[2] = (y[2] + 1) % 4
+        other = model(x, s2, y2)
+        alone = torch.cat([model(x[i:i + 1], s[i:i + 1], y[i:i + 1]) for i in range(3)])
+    # each sample sees only its own sigma and label: batch entries never mix
+    torch.testing.assert_close(alone, base, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(other[0], base[0], atol=0, rtol=0)
+    assert (other[1] - base[1]).abs().max() > 1e-3  # sigma changed
+    assert (other[2] - base[2]).abs().max() > 1e-3  # label changed
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_missing_labels_and_label_dropout(kind: str) -> None:
+    model = build(kind, num_labels=4, label_dropout=1.0)
+    perturb(model)
+    x, s, y = inputs(kind, num_labels=4)
+    with pytest.raises(ValueError, match="pass class_labels"):
+        model(x, s)
+    with torch.no_grad():
+        model.train()  # every label dropped: the labels no longer matter
+        torch.testing.assert_close(model(x, s, y), model(x, s, (y + 1) % 4))
+        model.eval()  # dropout is a training-time thing
+        assert (model(x, s, y) - model(x, s, (y + 1) % 4)).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("num_labels", [0, 4])
+@pytest.mark.parametrize("kind", KINDS)
+def test_encoder_names_are_a_subset_of_full_with_equal_shapes(kind: str, num_labels: int) -> None:
+    full = build(kind, "full", num_labels).state_dict()
+    enc = build(kind, "encoder", num_labels).state_dict()
+    assert enc and set(enc) < set(full)
+    assert {k: v.shape for k, v in enc.items()} == {k: full[k].shape for k in enc}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_ratio_estimator_loads_every_encoder_tensor_of_a_denoiser(kind: str) -> None:
+    torch.manual_seed(0)
+    denoiser = EDMDenoiser(build(kind, "full", num_labels=4))
+    perturb(denoiser, seed=5)  # trained-looking weights, different from any fresh initialisation
+    torch.manual_seed(1)
+    ratio = ClassifierRatio(ClassifierRatio.Config(), backbone=build(kind, "encoder", num_labels=4))
+    state = denoiser.state_dict()
+    loaded = ratio.init_from_denoiser(state)
+    own = ratio.backbone.state_dict()
+    assert sorted(loaded) == sorted(f"backbone.{k}" for k in own)
+    for name, tensor in own.items():
+        assert torch.equal(tensor, state[f"backbone.{name}"]), name
+    # the loaded encoder computes what the same modules compute inside the full network
+    full = denoiser.backbone
+    last = full.mid[1] if kind == "unet" else full.blocks[len(full.blocks) // 2 - 1]
+    seen: dict[str, torch.Tensor] = {}
+    last.register_forward_hook(lambda _m, _i, out: seen.__setitem__("h", out))
+    x, s, y = inputs(kind, num_labels=4)
+    with torch.no_grad():
+        full(x, s, y)
+        h = seen["h"]
+        pooled = h.mean(dim=(2, 3)) if kind == "unet" else F.layer_norm(h, h.shape[-1:], eps=1e-6).mean(dim=1)
+        torch.testing.assert_close(ratio.backbone(x, s, y), pooled, atol=1e-5, rtol=1e-5)
+
+
+def test_init_from_denoiser_names_mismatched_tensors() -> None:
+    denoiser = EDMDenoiser(build("unet", "full", model_channels=16))
+    ratio = ClassifierRatio(ClassifierRatio.Config(), backbone=build("unet", "encoder"))
+    with pytest.raises(ValueError, match=r"backbone\.conv_in\.weight: checkpoint \(16, 2, 3, 3\) vs model"):
+        ratio.init_from_denoiser(denoiser.state_dict())
+
+
+def test_reference_unet_parameter_count() -> None:
+    cfg = unet.UNetBackbone.Config(model_channels=64, channel_mult=(1, 2, 2), num_blocks=2, attn_resolutions=(8,))
+    full = unet.UNetBackbone(cfg, data_shape=(1, 32, 32))
+    enc = unet.UNetBackbone(cfg, data_shape=(1, 32, 32), mode="encoder")
+    # the 6.95M-parameter reference U-Net of docs/environment.md, within 1%; its ratio encoder was 2.8M
+    assert count_parameters(full) == 6_987_585
+    assert count_parameters(enc) == 2_808_832
+    assert enc.feature_dim == 128
+    # the defaults are EDM's CIFAR-10 DDPM++ layout, which the EDM paper lists at 55.73M parameters
+    with torch.device("meta"):
+        assert count_parameters(unet.UNetBackbone(unet.UNetBackbone.Config(), data_shape=(3, 32, 32))) == 55_732_739
+
+
+@pytest.mark.parametrize(("size", "depth", "hidden", "heads", "millions"),
+                         [("S", 12, 384, 6, 33), ("B", 12, 768, 12, 130), ("L", 24, 1024, 16, 458),
+                          ("XL", 28, 1152, 16, 675)])
+def test_dit_presets(size: str, depth: int, hidden: int, heads: int, millions: int) -> None:
+    cfg = dit.DiTBackbone.Config(size=size, patch_size=2)
+    with torch.device("meta"):  # no memory or time spent on the weights
+        full = dit.DiTBackbone(cfg, data_shape=(4, 32, 32), num_labels=1000)
+        enc = dit.DiTBackbone(cfg, data_shape=(4, 32, 32), num_labels=1000, mode="encoder")
+    assert (len(full.blocks), full.hidden, full.heads) == (depth, hidden, heads)
+    assert len(enc.blocks) == depth // 2 and enc.feature_dim == hidden
+    # the DiT paper's counts at 256x256 (32x32x4 latents, 1000 classes) within 1%
+    assert abs(count_parameters(full) / 1e6 - millions) < 0.01 * millions
+
+
+def test_dit_xl2_for_512px_latents_and_overrides() -> None:
+    with torch.device("meta"):
+        model = dit.DiTBackbone(dit.DiTBackbone.Config(size="XL", patch_size=2), data_shape=(4, 64, 64),
+                                num_labels=1000)
+        out = model(torch.empty(2, 4, 64, 64), torch.empty(2), torch.zeros(2, dtype=torch.long))
+    assert model.grid == (32, 32) and out.shape == (2, 4, 64, 64)
+    small = build("dit", depth=3, hidden=48, heads=3)
+    assert (len(small.blocks), small.hidden, small.heads) == (3, 48, 3)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_attention_backend_choice_reaches_the_attention_function(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[str] = []
+
+    def recorder(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = "sdpa") -> torch.Tensor:
+        seen.append(backend)
+        return attn.attention(q, k, v, backend)
+
+    monkeypatch.setattr(unet if kind == "unet" else dit, "attention", recorder)
+    x, s, _ = inputs(kind)
+    outs = {}
+    for backend in ("math", "sdpa"):
+        seen.clear()
+        torch.manual_seed(0)  # the same weights for both backends
+        model = build(kind, attention=backend)
+        perturb(model)
+        with torch.no_grad():
+            outs[backend] = model(x, s)
+        # U-Net: attention at 4x4 in the down path, the middle and the up path; DiT: every block
+        assert seen == [backend] * 3 if kind == "unet" else seen == [backend] * 2
+    torch.testing.assert_close(outs["math"], outs["sdpa"], atol=1e-4, rtol=1e-4)
+    assert type(build(kind)).attention_backends == ("sdpa", "math", "xformers")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
+@pytest.mark.parametrize("kind", KINDS)
+def test_xformers_without_cuda_fails_at_construction(kind: str) -> None:
+    with pytest.raises(DiffRatioError, match="xformers.*CUDA only"):
+        build(kind, attention="xformers")
+
+
+@pytest.mark.parametrize(("kind", "overrides", "shape", "message"), [
+    ("unet", {"attn_resolutions": (3,)}, (2, 8, 8), r"attn_resolutions \[3\] never occur.*\[8, 4\]"),
+    ("unet", {}, (2, 8, 6), r"square images"),
+    ("unet", {"channel_mult": (1, 1, 1, 1)}, (2, 12, 12), r"resolution 12 cannot be halved 3 times"),
+    ("unet", {"num_heads": 3}, (2, 8, 8), r"num_heads 3 does not divide the 16 channels.*4x4"),
+    ("unet", {"head_channels": 5}, (2, 8, 8), r"head_channels 5 does not divide"),
+    ("dit", {"patch_size": 3}, (3, 8, 8), r"patch_size 3 does not divide the resolution 8x8"),
+    ("dit", {"heads": 5}, (3, 8, 8), r"heads 5 does not divide the width hidden = 32"),
+    ("dit", {}, (3, 8), r"shape \(C, H, W\)"),
+])
+def test_bad_configs_fail_with_clear_messages(kind: str, overrides: dict[str, Any], shape: tuple[int, ...],
+                                              message: str) -> None:
+    cls = unet.UNetBackbone if kind == "unet" else dit.DiTBackbone
+    base = UNET_TINY if kind == "unet" else DIT_TINY
+    with pytest.raises(DiffRatioError, match=message):
+        cls(cls.Config(**{**_fields(base), **overrides}), data_shape=shape)
+
+
+def test_dit_encoder_needs_two_blocks() -> None:
+    with pytest.raises(DiffRatioError, match="depth >= 2"):
+        build("dit", "encoder", depth=1)
+
+
+def test_recipe_tables_structure_into_the_configs() -> None:
+    cfg, errors = structure_config({"model_channels": 64, "channel_mult": [1, 2, 2], "attn_resolutions": [8],
+                                    "attention": "math"}, unet.UNetBackbone.Config, "recipe.backbone")
+    assert not errors and cfg.channel_mult == (1, 2, 2) and cfg.attn_resolutions == (8,)
+    _, errors = structure_config({"attention": "flash"}, unet.UNetBackbone.Config, "recipe.backbone")
+    assert any("recipe.backbone.attention" in e and "'sdpa'" in e for e in errors), errors
+    _, errors = structure_config({"channel_mult": []}, unet.UNetBackbone.Config, "recipe.backbone")
+    assert any("channel_mult must be a non-empty list" in e for e in errors), errors
+    cfg, errors = structure_config({"size": "B", "patch_size": 4, "depth": 6}, dit.DiTBackbone.Config,
+                                   "recipe.backbone")
+    assert not errors and (cfg.size, cfg.depth, cfg.hidden) == ("B", 6, None)
+    _, errors = structure_config({"size": "XXL"}, dit.DiTBackbone.Config, "recipe.backbone")
+    assert any("recipe.backbone.size" in e for e in errors), errors
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_channels_last_bf16_autocast_and_compile(kind: str) -> None:
+    model = build(kind, num_labels=4).eval()
+    perturb(model)
+    x, s, y = inputs(kind, num_labels=4)
+    with torch.no_grad():
+        ref = model(x, s, y)
+        torch.testing.assert_close(model(x.contiguous(memory_format=torch.channels_last), s, y), ref,
+                                   atol=1e-5, rtol=1e-5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(x, s, y).float()
+        assert (low - ref).abs().max() < 0.1 * ref.abs().max()
+        # one graph, no breaks: no data-dependent Python control flow (dynamo only, no code generation)
+        compiled = torch.compile(model, backend="eager", fullgraph=True)
+        torch.testing.assert_close(compiled(x, s, y), ref, atol=1e-5, rtol=1e-5)
