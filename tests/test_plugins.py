@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import RECIPES, ROOT, TINY, run_cli, sets
 
 import diffratio
+from conftest import RECIPES, ROOT, TINY, run_cli, sets
 from diffratio.errors import PluginError
 from diffratio.hooks import DivergenceSpec, hookimpl
 from diffratio.registry import Provider, Registry, UnknownComponentError

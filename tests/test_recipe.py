@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import RECIPES, run_cli, sets
 
+from conftest import RECIPES, run_cli, sets
 from diffratio.errors import RecipeError
 from diffratio.recipe import load_recipe, parse_set, resolve_recipe
 from diffratio.registry import default_registry

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import RECIPES, TINY, run_cli, script, sets
 
+from conftest import RECIPES, TINY, run_cli, script, sets
 from diffratio.checkpoint import find_latest, load_state
 
 ARGS = [str(RECIPES / "toy2d.toml"), "--no-progress",

