@@ -243,6 +243,12 @@ class Trainable(ABC):
     module: nn.Module
     raw: nn.Module
 
+    @property
+    def forward_only(self) -> nn.Module:
+        """Module for forward passes that do not train this model (gradients may still reach the inputs):
+        compiled where the strategy compiles, never wrapped for gradient synchronisation."""
+        return self.raw
+
     @abstractmethod
     def backward(self, loss: Tensor) -> None: ...
 

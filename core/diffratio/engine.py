@@ -434,6 +434,8 @@ def training_loop(
                 values["images_per_second"] = ((run.step - step_last) * method.images_per_step()
                                                * strategy.world_size / max(now - t_last, 1e-9))
                 t_last, step_last = now, run.step
+                if strategy.device.type == "cuda":
+                    values["peak_memory_gib"] = torch.cuda.max_memory_allocated(strategy.device) / 2**30
                 bad = [k for k, v in values.items() if not math.isfinite(v)]
                 if bad:
                     raise DiffRatioError(f"non-finite {', '.join(bad)} at step {run.step}; the last good "

@@ -57,6 +57,8 @@ MULTI_TABLES: dict[str, dict[str, dict[str, Any]]] = {
     "loggers": {"tensorboard": {}},
 }
 MULTI_KIND = {"metrics": "metric", "loggers": "logger"}
+#: Tables a method may or may not use (``Method.uses``); the others are always needed.
+OPTIONAL_TABLES = ("backbone", "generator", "ratio", "divergence", "schedule")
 
 #: Settings that may change between a checkpoint and a resumed run without changing its meaning.
 HARMLESS_ON_RESUME = re.compile(
@@ -190,7 +192,7 @@ def structure_config(data: Mapping[str, Any], cls: type, path: str) -> tuple[Any
 # Loading and --set
 # --------------------------------------------------------------------------------------------------
 
-_BARE = re.compile(r"^[A-Za-z_][A-Za-z0-9_./:+-]*$")
+_BARE = re.compile(r"^[A-Za-z_./~][A-Za-z0-9_./:+~-]*$")
 
 
 def parse_set(item: str) -> tuple[list[str], Any]:
@@ -312,10 +314,11 @@ def resolve_recipe(doc: dict[str, Any], sets: Sequence[str] = (), *, registry: R
 
     method = components.get("method")
     if method is not None:
-        unused = [t for t in ("backbone", "generator", "ratio", "divergence", "schedule")
-                  if t in doc and t not in getattr(method.cls, "uses", ())]
-        for t in unused:
-            errors.append(f"recipe.{t}: the method {method.name!r} does not use a {t}; remove the table")
+        for t in OPTIONAL_TABLES:
+            if t not in method.cls.uses:
+                components.pop(t, None)  # defaults of tables the method does not use are dropped
+                if t in doc:
+                    errors.append(f"recipe.{t}: the method {method.name!r} does not use a {t}; remove the table")
 
     if errors:
         raise RecipeError(errors)

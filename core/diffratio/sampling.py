@@ -43,21 +43,20 @@ def load_run(run_dir: str | Path, registry: Registry | None = None) -> Run:
 
 def sample_run(run_dir: str | Path, *, num: int, out: str | Path, grid: str | Path | None = None,
                seed: int = 0, batch: int = 500) -> Path:
-    """Write ``num`` samples (model space, float32; plus uint8 ``images`` for image data) to ``out``."""
+    """Write ``num`` samples to ``out``: uint8 ``images`` (N, C, H, W) for image data, else float ``samples``."""
     run = load_run(run_dir)
     torch.manual_seed(seed)
     chunks = [run.method.sample(min(batch, num - i)).float().cpu() for i in range(0, num, batch)]
     samples = torch.cat(chunks)
-    arrays = {"samples": samples.numpy()}
     images = run.ctx.dataset.to_image(samples)
-    if images is not None:
-        arrays["images"] = images.numpy()
+    # image data: uint8 images (what FID reads); other data: the float samples themselves
+    arrays = {"images": images.numpy()} if images is not None else {"samples": samples.numpy()}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(out, **arrays)
     if grid is not None:
         if images is not None:
-            save_png(image_grid(images[:64]), grid)
+            save_png(image_grid(images[:100], ncol=10), grid)
         elif samples.shape[1:] == (2,):
             save_png(scatter_image(run.ctx.dataset.reference(num), samples), grid)
     print(f"wrote {num} samples of step {run.step} to {out}" + (f" and {grid}" if grid else ""))

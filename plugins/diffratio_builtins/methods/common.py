@@ -20,12 +20,20 @@ def make_ema(module: nn.Module) -> nn.Module:
     return ema
 
 
+def ema_decay_at(decay: float, step: int) -> float:
+    """EMA decay with warm-up, ``min(decay, (1 + step) / (10 + step))``: early averages forget the
+    initialisation quickly instead of keeping ``decay ** step`` of it (13% after 2000 steps at 0.999)."""
+    return min(decay, (1 + step) / (10 + step))
+
+
 @torch.no_grad()
-def update_ema(ema: nn.Module, module: nn.Module, decay: float) -> None:
-    """``ema = decay * ema + (1 - decay) * module`` for parameters; buffers are copied."""
+def update_ema(ema: nn.Module, module: nn.Module, decay: float, step: int) -> None:
+    """``ema = d * ema + (1 - d) * module`` for parameters with ``d = ema_decay_at(decay, step)``;
+    buffers are copied."""
+    d = ema_decay_at(decay, step)
     ema_p = [p for p in ema.parameters()]
     src_p = [p.detach() for p in module.parameters()]
-    torch._foreach_lerp_(ema_p, src_p, 1.0 - decay)
+    torch._foreach_lerp_(ema_p, src_p, 1.0 - d)
     for b_ema, b in zip(ema.buffers(), module.buffers(), strict=True):
         b_ema.copy_(b)
 

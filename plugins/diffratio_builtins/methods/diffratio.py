@@ -55,7 +55,7 @@ class DiffRatio(Method):
         x_real, y_real = ctx.real_batch(n)
         y_fake = ctx.random_labels(n)
         with torch.no_grad(), ctx.strategy.autocast():
-            x_fake = self.gen.raw(ctx.latents(self.gen.raw, n), y_fake).float()
+            x_fake = self.gen.forward_only(ctx.latents(self.gen.raw, n), y_fake).float()
         x = torch.cat([x_fake, x_real])
         y = None if y_real is None else torch.cat([y_fake, y_real])
         sigma = self.schedule.sample(2 * n, ctx.device)
@@ -68,7 +68,7 @@ class DiffRatio(Method):
         return {"loss/ratio": loss.detach(), "ratio/accuracy": accuracy(logits[:n], logits[n:]).detach(),
                 "ratio/logit_fake": logits[:n].detach().mean(), "ratio/logit_real": logits[n:].detach().mean()}
 
-    def generator_step(self) -> dict[str, Tensor]:
+    def generator_step(self, step: int) -> dict[str, Tensor]:
         """One generator step through the frozen ratio estimator (gradient flows through its input)."""
         ctx, n = self.ctx, self.ctx.settings.batch_size
         labels = ctx.random_labels(n)
@@ -76,11 +76,11 @@ class DiffRatio(Method):
         with ctx.strategy.autocast():
             x = self.gen.module(ctx.latents(self.gen.raw, n), labels)
             with frozen(self.ratio.raw):
-                f = self.ratio.raw(self.schedule.noise(x.float(), sigma), sigma, labels)
+                f = self.ratio.forward_only(self.schedule.noise(x.float(), sigma), sigma, labels)
         loss = generator_loss(f, self.divergence, self.schedule.generator_weight(sigma))
         self.gen.backward(loss)
         self.gen.step()
-        update_ema(self.ema, self.gen.raw, self.config.ema_decay)
+        update_ema(self.ema, self.gen.raw, self.config.ema_decay, step)
         return {"loss/generator": loss.detach(), "generator/logit": f.detach().mean()}
 
     def train_step(self, step: int) -> dict[str, Tensor]:
@@ -90,7 +90,7 @@ class DiffRatio(Method):
             self.warmed_up = True
         for _ in range(self.config.ratio_steps):
             scalars = self.ratio_step()
-        return {**scalars, **self.generator_step()}
+        return {**scalars, **self.generator_step(step)}
 
     # ---- sampling and state ----
 

@@ -16,11 +16,14 @@ from diffratio import DiffRatioError, OptimizerConfig, Strategy, Trainable
 def resolve_device(name: str) -> torch.device:
     """``auto`` picks the GPU when there is one; ``cuda`` without a GPU is an error, not a fallback."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DiffRatioError(f"strategy.device = {name!r} but no CUDA GPU is visible; use device = \"cpu\" "
-                             "or \"auto\"")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DiffRatioError(f"strategy.device = {name!r} but no CUDA GPU is visible; use device = \"cpu\" "
+                                 "or \"auto\"")
+        if dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
     return dev
 
 
@@ -41,8 +44,13 @@ class LocalTrainable(Trainable):
                  wrapped: nn.Module | None = None) -> None:
         self.raw = module
         self.module = wrapped if wrapped is not None else module
+        self._forward_only = self.module
         self.cfg = optim
         self.optimizer = make_optimizer([p for p in module.parameters() if p.requires_grad], optim, device)
+
+    @property
+    def forward_only(self) -> nn.Module:
+        return self._forward_only
 
     def backward(self, loss: Tensor) -> None:
         loss.backward()
@@ -73,6 +81,7 @@ class SingleDevice(Strategy):
         tf32: bool = True  # allow TF32 matrix products on Ampere+ GPUs
         channels_last: bool = False  # memory format of 4-D image networks on GPU
         threads: int = 0  # CPU threads for torch (0 = torch's default)
+        compile: bool = False  # torch.compile the trained networks (GPU; first steps are slower)
 
     def __init__(self, config: Config | None = None) -> None:
         super().__init__(config)
@@ -93,7 +102,8 @@ class SingleDevice(Strategy):
         module = module.to(self._device)
         if self.config.channels_last and self._device.type == "cuda":
             module = module.to(memory_format=torch.channels_last)
-        return LocalTrainable(module, optim, self._device)
+        wrapped = torch.compile(module) if self.config.compile else None
+        return LocalTrainable(module, optim, self._device, wrapped)
 
     def autocast(self) -> Any:
         if self.config.precision == "bf16":
