@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 
 import diffratio
-from conftest import RECIPES, ROOT, TINY, run_cli, sets
 from diffratio.errors import PluginError
 from diffratio.hooks import DivergenceSpec, hookimpl
 from diffratio.registry import Provider, Registry, UnknownComponentError
+
+from conftest import RECIPES, ROOT, TINY, run_cli, sets
 
 
 @pytest.fixture(scope="module")

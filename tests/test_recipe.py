@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import RECIPES, run_cli, sets
 from diffratio.errors import RecipeError
 from diffratio.recipe import load_recipe, parse_set, resolve_recipe
 from diffratio.registry import default_registry
+
+from conftest import RECIPES, run_cli, sets
 
 REG = default_registry()
 TOY = RECIPES / "toy2d.toml"

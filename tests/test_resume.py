@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import RECIPES, TINY, run_cli, script, sets
 from diffratio.checkpoint import find_latest, load_state
+
+from conftest import RECIPES, TINY, run_cli, script, sets
 
 ARGS = [str(RECIPES / "toy2d.toml"), "--no-progress",
         *sets(*TINY, "run.steps=400", "run.checkpoint_every=25", "run.log_every=25", "strategy.threads=1",

@@ -81,7 +81,7 @@ class SingleDevice(Strategy):
         tf32: bool = True  # allow TF32 matrix products on Ampere+ GPUs
         channels_last: bool = False  # memory format of 4-D image networks on GPU
         threads: int = 0  # CPU threads for torch (0 = torch's default)
-        compile: bool = False  # torch.compile the trained networks (GPU; first steps are slower)
+        compile: bool = False  # torch.compile the trained networks on GPU (ignored on CPU); first steps slower
 
     def __init__(self, config: Config | None = None) -> None:
         super().__init__(config)
@@ -102,7 +102,7 @@ class SingleDevice(Strategy):
         module = module.to(self._device)
         if self.config.channels_last and self._device.type == "cuda":
             module = module.to(memory_format=torch.channels_last)
-        wrapped = torch.compile(module) if self.config.compile else None
+        wrapped = torch.compile(module) if self.config.compile and self._device.type == "cuda" else None
         return LocalTrainable(module, optim, self._device, wrapped)
 
     def autocast(self) -> Any:
