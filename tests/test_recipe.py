@@ -97,6 +97,14 @@ def test_set_overrides_recipe_and_switching_component_drops_old_settings() -> No
     assert r2.components["dataset"].name == "moons"
 
 
+def test_partial_nested_table_keeps_the_components_defaults() -> None:
+    doc = base()
+    doc["method"]["generator_optimizer"] = {"betas": [0.0, 0.9]}
+    cfg = resolve_recipe(doc, registry=REG).components["method"].config
+    assert cfg.generator_optimizer.betas == (0.0, 0.9)
+    assert cfg.generator_optimizer.lr == 3e-5  # the diffratio method's default, not OptimizerConfig's 1e-4
+
+
 @pytest.mark.parametrize("item", ["run.steps", "=3", "run..steps=3", "run.steps=[1,", "run.name=a b"])
 def test_bad_set_syntax(item: str) -> None:
     with pytest.raises(RecipeError, match="--set"):

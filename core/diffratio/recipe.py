@@ -38,6 +38,8 @@ class RunSettings:
     eval_every: int = 0  # steps between metric evaluations; 0 = only at the end
     sample_every: int = 0  # steps between sample grids / scatter plots; 0 = only at the end
     min_free_disk_gb: float = 1.0  # refuse to start when the run directory's disk has less free space
+    # stop after this many steps in a row with a non-finite loss or gradient (each one is skipped)
+    max_nonfinite_steps: int = attrs.field(default=20, validator=attrs.validators.ge(1))
 
 
 #: Top-level tables holding a single component, with the default component name (None = required).
@@ -180,10 +182,23 @@ def _walk_errors(exc: BaseException, path: str, cls: type | None) -> list[str]:
 _ATTRS_VALIDATOR = re.compile(r"^'(?P<name>\w+)' must (?P<rule>.+?)(: | \(got )(?P<value>.*?)\)?$", re.S)
 
 
+def _over_nested_defaults(data: Mapping[str, Any], cls: type) -> dict[str, Any]:
+    """A partial table for a field whose default is itself a config keeps that default's other values:
+    ``generator_optimizer = { betas = [0, 0.9] }`` keeps the method's own default learning rate."""
+    out = dict(data)
+    if not attrs.has(cls):
+        return out
+    for f in attrs.fields(cls):
+        given, default = out.get(f.name), f.default
+        if isinstance(given, Mapping) and default is not attrs.NOTHING and attrs.has(type(default)):
+            out[f.name] = _over_nested_defaults({**converter.unstructure(default), **given}, type(default))
+    return out
+
+
 def structure_config(data: Mapping[str, Any], cls: type, path: str) -> tuple[Any, list[str]]:
     """Structure ``data`` into ``cls`` strictly; returns (config or None, error lines)."""
     try:
-        return converter.structure(dict(data), cls), []
+        return converter.structure(_over_nested_defaults(data, cls), cls), []
     except Exception as exc:  # cattrs raises groups of many kinds; all become messages
         return None, _walk_errors(exc, path, cls)
 

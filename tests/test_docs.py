@@ -1,0 +1,178 @@
+"""The documentation stays true: docs/recipes.md is the fresh rendering of the registry and documents every
+field, docs/plugins.md shows the example plugin's files exactly, and docs/tensorboard.md names every
+summary that tiny runs of the built-in methods write."""
+
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import torch
+
+from diffratio import docgen
+from diffratio.engine import training_loop
+from diffratio.recipe import load_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+EXAMPLE = ROOT / "examples" / "diffratio-hellinger"
+
+
+# --------------------------------------------------------------------------------------------------
+# docs/recipes.md
+# --------------------------------------------------------------------------------------------------
+
+
+def test_recipes_reference_is_current() -> None:
+    fresh = docgen.render()
+    current = (DOCS / "recipes.md").read_text()
+    if current != fresh:
+        changed = [f"  docs: {a!r}\n  code: {b!r}" for a, b in zip(current.splitlines(), fresh.splitlines(),
+                                                                   strict=False) if a != b]
+        pytest.fail(f"docs/recipes.md is stale: run `{docgen.COMMAND}`; first differences:\n" + "\n".join(changed[:5]))
+
+
+def test_every_field_has_a_meaning() -> None:
+    missing = docgen.missing_meanings()
+    assert not missing, ("fields without a meaning (add a trailing `# comment` to the field in the source):\n"
+                         + "\n".join(missing))
+
+
+def test_reference_covers_every_builtin_component_and_field() -> None:
+    text = (DOCS / "recipes.md").read_text()
+    registry = docgen.builtin_registry()
+    for kind in docgen.TABLE_OF_KIND:
+        for name in registry.names(kind):
+            assert f"### `{name}`" in text, f"{kind} {name} is not in docs/recipes.md"
+            for f in attrs.fields(registry.get(kind, name).cls.Config):
+                assert f"| `{f.name}` |" in text, f"{kind} {name}: field {f.name} is not in docs/recipes.md"
+
+
+@attrs.frozen(kw_only=True)
+class _Commented:
+    """Fields documented in every way docgen understands.
+
+    from_docstring: given in the class docstring
+    """
+
+    trailing: int = 1  # a trailing comment
+    wrapped: float = attrs.field(
+        default=0.5)  # a comment on the last line of a field over two lines
+    # a comment on the line above,
+    # over two lines
+    above: str = "x"
+    below: bool = attrs.field(default=True)
+    # ^ a comment under the field
+    from_docstring: int = 3
+    undocumented: int = 4
+
+
+@attrs.frozen(kw_only=True)
+class _Nested:
+    inner: _Commented = _Commented(trailing=7)  # a nested table
+    pair: tuple[float, float] = (0.0, 0.99)  # a pair
+    choice: str | None = None  # optional
+
+
+def test_meanings_come_from_comments_and_docstrings() -> None:
+    assert docgen.field_meanings(_Commented) == {
+        "trailing": "a trailing comment",
+        "wrapped": "a comment on the last line of a field over two lines",
+        "above": "a comment on the line above, over two lines",
+        "below": "a comment under the field",
+        "from_docstring": "given in the class docstring",
+    }
+
+
+def test_nested_tables_expand_with_the_defaults_of_the_field() -> None:
+    rows = {r.key: r for r in docgen.config_fields(_Nested)}
+    assert rows["inner"].type == "table (_Commented)" and rows["inner"].meaning == "a nested table"
+    assert rows["inner.trailing"].default == "7"  # the field's default, not _Commented's own
+    assert rows["inner.above"].default == '"x"'
+    assert rows["inner.undocumented"].meaning is None
+    assert (rows["pair"].type, rows["pair"].default) == ("array [float, float]", "[0.0, 0.99]")
+    assert (rows["choice"].type, rows["choice"].default) == ("str (optional)", "unset")
+
+
+# --------------------------------------------------------------------------------------------------
+# docs/plugins.md
+# --------------------------------------------------------------------------------------------------
+
+TITLED_BLOCK = re.compile(r'^```\w+ title="([^"]+)"\n(.*?)^```$', re.S | re.M)
+
+
+def _example_files() -> set[str]:
+    """The package's own files: no hidden files or folders, no build outputs."""
+    def own(p: Path) -> bool:
+        parts = p.relative_to(EXAMPLE).parts
+        return p.is_file() and not any(x.startswith(".") or x in ("build", "__pycache__") or x.endswith(".egg-info")
+                                       for x in parts)
+
+    return {str(p.relative_to(ROOT)) for p in EXAMPLE.rglob("*") if own(p)}
+
+
+def test_plugin_guide_shows_the_example_files_exactly() -> None:
+    """Whoever writes the plugin anew from docs/plugins.md gets the package that CI installs and tests."""
+    blocks = dict(TITLED_BLOCK.findall((DOCS / "plugins.md").read_text()))
+    assert set(blocks) == _example_files(), "docs/plugins.md must show every file of examples/diffratio-hellinger"
+    for path, text in blocks.items():
+        assert text == (ROOT / path).read_text(), f"docs/plugins.md differs from {path}"
+
+
+# --------------------------------------------------------------------------------------------------
+# docs/tensorboard.md
+# --------------------------------------------------------------------------------------------------
+
+FAST = ["run.log_every=2", "run.checkpoint_every=4", "run.batch_size=32", "backbone.hidden=16", "backbone.depth=1",
+        "dataset.num_points=500", "metrics.energy-distance.num_samples=100", "strategy.threads=1",
+        "run.min_free_disk_gb=0.01"]
+
+
+def _tags(run_dir: Path) -> set[str]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    text = {t.removesuffix("/text_summary") for t in tags["tensors"]}
+    return set(tags["scalars"]) | set(tags["images"]) | text
+
+
+def _train(recipe: str, run_dir: Path, *sets: str) -> set[str]:
+    registry = docgen.builtin_registry()
+    threads = torch.get_num_threads()
+    try:
+        training_loop(load_recipe(ROOT / "recipes" / recipe, [*FAST, *sets], registry=registry), run_dir, registry,
+                      progress=False)
+    finally:
+        torch.set_num_threads(threads)  # strategy.threads=1 sets it for the process
+    return _tags(run_dir)
+
+
+@pytest.fixture(scope="module")
+def written_tags(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]]:
+    """Tags of tiny runs of each built-in method (vsd's teacher is the edm run)."""
+    tmp = tmp_path_factory.mktemp("tb")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return {
+            "diffratio": _train("toy2d.toml", tmp / "diffratio", "run.steps=4", "method.warmup_ratio_steps=2",
+                                "run.sample_every=2", "run.eval_every=2"),
+            "edm": _train("toy2d-pretrain.toml", tmp / "edm", "run.steps=4", "method.sample_steps=2",
+                          "method.optimizer.grad_clip=1.0"),
+            "vsd": _train("toy2d-vsd.toml", tmp / "vsd", "run.steps=4", f"method.init={tmp / 'edm'}",
+                          "method.warmup_fake_steps=1"),
+        }
+
+
+@pytest.mark.parametrize("method", ["diffratio", "edm", "vsd"])
+def test_tensorboard_guide_names_every_summary(written_tags: dict[str, Any], method: str) -> None:
+    text = (DOCS / "tensorboard.md").read_text()
+    tags = written_tags[method]
+    assert {"samples", "config", "images_per_second"} <= tags  # the run wrote what the guide promises
+    undocumented = sorted(t for t in tags if f"`{t}`" not in text)
+    assert not undocumented, f"{method} writes summaries docs/tensorboard.md does not name: {undocumented}"
