@@ -101,16 +101,42 @@ def _default(f: attrs.Attribute) -> Any:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("run_dir", type=click.Path(exists=True, path_type=Path))
 @click.option("--num", type=click.IntRange(min=1), default=1000, show_default=True, help="Samples to draw.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Output .npz file.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Output .npz file (required unless only --export is wanted).")
 @click.option("--grid", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write a PNG (image grid, or scatter plot for 2-D data).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--batch", type=click.IntRange(min=1), default=500, show_default=True)
+@click.option("--batch", type=click.IntRange(min=1), default=500, show_default=True,
+              help="Most samples (candidates included) in one network pass.")
+@click.option("--candidates", type=click.IntRange(min=1), default=1, show_default=True,
+              help="One-step candidates per sample, scored by the ratio estimator (1 = plain sampling).")
+@click.option("--select", type=click.Choice(["best", "sir"]), default="sir", show_default=True,
+              help="Keep the best candidate, or resample one with weights exp(-f) (sampling-importance-resampling).")
+@click.option("--verifier-sigma", type=click.FloatRange(min=0), default=None,
+              help="Noise level at which the ratio scores candidates (default: diffratio.verifier."
+                   "DEFAULT_VERIFIER_SIGMA, chosen by measurement; docs/results/verifier_2d.md).")
+@click.option("--export", "export", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the generator EMA and ratio estimator with the config to this one .pt file, which "
+                   "dr-sample then accepts in place of RUN_DIR.")
 @_friendly_errors
-def sample(run_dir: Path, num: int, out: Path, grid: Path | None, seed: int, batch: int) -> None:
-    """Draw samples from the latest checkpoint of RUN_DIR (EMA weights) into an .npz file."""
-    from diffratio.sampling import sample_run
+def sample(run_dir: Path, num: int, out: Path | None, grid: Path | None, seed: int, batch: int, candidates: int,
+           select: str, verifier_sigma: float | None, export: Path | None) -> None:
+    """Draw samples from RUN_DIR (latest checkpoint, EMA weights; or a file written by --export) into an .npz.
 
-    sample_run(run_dir, num=num, out=out, grid=grid, seed=seed, batch=batch)
+    With --candidates N each sample is chosen among N one-step samples by the run's ratio estimator
+    (the learned density ratio as a verifier; methods with a ratio estimator only).
+    """
+    from diffratio.sampling import export_run, sample_run
+    from diffratio.verifier import DEFAULT_VERIFIER_SIGMA
+
+    if out is None and export is None:
+        raise click.UsageError("give --out FILE.npz (samples), --export FILE.pt, or both")
+    if export is not None:
+        export_run(run_dir, export)
+        click.echo(f"exported {run_dir} to {export}")
+    if out is not None:
+        sigma = DEFAULT_VERIFIER_SIGMA if verifier_sigma is None else verifier_sigma
+        sample_run(run_dir, num=num, out=out, grid=grid, seed=seed, batch=batch, candidates=candidates,
+                   select=select, verifier_sigma=sigma)  # type: ignore[arg-type]
