@@ -3,7 +3,7 @@
 # wall time. Used for docs/results.md:  bash benchmarks/toy2d_divergences.sh [RUNS_DIR]
 set -euo pipefail
 runs=${1:-runs/toy2d-divergences}
-for div in dijs reverse-kl kl; do
+for div in ${DIVS:-dijs reverse-kl kl}; do
   rm -rf "$runs/$div"
   start=$(date +%s.%N)
   dr-train recipes/toy2d.toml --run-dir "$runs/$div" --no-progress --set "divergence.name=$div" > "$runs.$div.log" 2>&1

@@ -106,6 +106,23 @@ def _prune(root: Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def remove_partial_writes(ckpt_root: str | Path) -> list[Path]:
+    """Delete what a killed writer left behind (``.tmp-*`` folders, ``.*.tmp-*`` files); return their paths.
+
+    Call it only while no other process writes checkpoints into ``ckpt_root`` (at the start of a run).
+    """
+    root = Path(ckpt_root)
+    if not root.is_dir():
+        return []
+    leftovers = sorted(p for p in root.iterdir() if p.name.startswith(".") and ".tmp-" in p.name)
+    for p in leftovers:
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    return leftovers
+
+
 def list_checkpoints(ckpt_root: str | Path) -> list[Path]:
     """Committed checkpoint folders, oldest first."""
     root = Path(ckpt_root)
@@ -124,7 +141,9 @@ def verify_checkpoint(path: str | Path) -> str | None:
         meta = json.loads(meta_path.read_text())
     except (OSError, ValueError) as exc:
         return f"{meta_path} is unreadable: {exc}"
-    for name, digest in meta.get("files", {}).items():
+    if not isinstance(meta, dict) or not isinstance(meta.get("files"), dict) or STATE_FILE not in meta["files"]:
+        return f"{meta_path} is damaged (it lists no checksum of {STATE_FILE})"
+    for name, digest in meta["files"].items():
         f = p / name
         if not f.exists():
             return f"{f} is missing"
@@ -137,12 +156,13 @@ def find_latest(ckpt_root: str | Path) -> Path | None:
     """The newest checkpoint that verifies; damaged ones are reported (warning) and skipped."""
     root = Path(ckpt_root)
     candidates = list_checkpoints(root)
-    pointer = root / LATEST
-    if pointer.exists():
-        named = root / pointer.read_text().strip()
-        if named in candidates:  # newest first: the pointer's target, then the rest by step
-            candidates.remove(named)
-            candidates.append(named)
+    try:
+        named = root / (root / LATEST).read_text().strip()
+    except (OSError, ValueError):  # no pointer, or a damaged one: go by step numbers
+        named = None
+    if named in candidates:  # newest first: the pointer's target, then the rest by step
+        candidates.remove(named)
+        candidates.append(named)
     for path in reversed(candidates):
         problem = verify_checkpoint(path)
         if problem is None:

@@ -238,10 +238,18 @@ class Trainable(ABC):
 
     ``module`` is what forward passes that train the model use (possibly wrapped: DDP, DeepSpeed);
     ``raw`` is the plain ``nn.Module`` (for EMA, frozen use inside another model's loss, saving).
+
+    A step whose loss (as given to ``backward``) or gradients are not finite is skipped: no optimiser
+    update, and ``last_step_ok`` turns false so that the method skips its EMA update too. The engine
+    counts such steps from the scalars a method returns (``grad_norm`` among them) and stops a run
+    after ``run.max_nonfinite_steps`` in a row.
     """
 
     module: nn.Module
     raw: nn.Module
+    #: whether the last ``step()`` applied its update; a 0-d bool tensor on the device (reading it waits
+    #: for the step) or a bool
+    last_step_ok: Tensor | bool = True
 
     @property
     def forward_only(self) -> nn.Module:
@@ -253,8 +261,12 @@ class Trainable(ABC):
     def backward(self, loss: Tensor) -> None: ...
 
     @abstractmethod
-    def step(self) -> dict[str, float]:
-        """Clip, step the optimiser, zero the gradients; returns diagnostics such as grad_norm."""
+    def step(self) -> dict[str, Tensor]:
+        """Clip, step the optimiser and zero the gradients; return diagnostics, ``grad_norm`` among them.
+
+        When the loss or any gradient is not finite, skip the update (best decided on the device, without
+        waiting for it) and set ``last_step_ok`` false; the gradients are zeroed either way.
+        """
 
     @abstractmethod
     def state_dict(self) -> dict[str, Any]: ...
@@ -270,11 +282,11 @@ class Trainable(ABC):
 class OptimizerConfig:
     """Adam(W) settings of one trained model."""
 
-    lr: float = 1e-4
-    betas: tuple[float, float] = (0.0, 0.99)
-    weight_decay: float = 0.0
-    eps: float = 1e-8
-    grad_clip: float = 0.0  # 0 = off
+    lr: float = 1e-4  # learning rate
+    betas: tuple[float, float] = (0.0, 0.99)  # Adam's decay rates of the gradient's first and second moments
+    weight_decay: float = 0.0  # decoupled weight decay (AdamW when > 0)
+    eps: float = 1e-8  # added to the root of the second moment (Adam's epsilon)
+    grad_clip: float = 0.0  # clip the gradients' total L2 norm to this; 0 = off
 
 
 class Strategy(Component, ABC):
@@ -336,8 +348,8 @@ class Method(Component, ABC):
     def train_step(self, step: int) -> dict[str, float]:
         """Run one iteration (ratio steps then one generator step, say); return scalars to log.
 
-        Return values may be 0-d tensors; the engine turns them into floats only when logging, so the
-        step itself never waits for the device.
+        Return values may be 0-d tensors; the engine reads one finite-check of their sum per step and
+        averages them only when logging. Return each network's ``grad_norm`` so non-finite steps are counted.
         """
 
     @abstractmethod

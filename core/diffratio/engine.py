@@ -38,7 +38,7 @@ from diffratio.components import (
 )
 from diffratio.edm import EDMDenoiser
 from diffratio.errors import CheckpointError, DiffRatioError
-from diffratio.recipe import Recipe, RunSettings, meaningful_changes
+from diffratio.recipe import Recipe, RunSettings, flatten, meaningful_changes
 from diffratio.registry import Registry
 from diffratio.visualize import image_grid, save_png, scatter_image
 
@@ -50,6 +50,60 @@ class Interrupted(DiffRatioError):
         self.exit_code = 128 + signum
         super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; checkpoint written to "
                          f"{path}. Re-run the same command to resume.")
+
+
+class Diverged(DiffRatioError):
+    """Training stopped after ``run.max_nonfinite_steps`` steps in a row with non-finite losses or gradients."""
+
+
+class NonFiniteGuard:
+    """Counts steps with a non-finite scalar (a loss, a gradient norm) and stops a diverged run.
+
+    The Trainables have already skipped those updates on the device (``Trainable.step``); the guard reads
+    one flag per step to count them (``nonfinite/skipped_steps``), to keep checkpoints out of a streak of
+    bad steps, and to stop after ``limit`` bad steps in a row.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.skipped = 0  # bad steps since the run began (kept in checkpoints)
+        self.streak = 0  # bad steps in a row, up to the current one
+        self.first_bad = ""  # what was not finite at the first step of the current streak
+
+    def check(self, step: int, scalars: Mapping[str, Tensor | float]) -> bool:
+        """Record ``step`` from its scalars (0-d tensors or floats); True when it completes ``limit`` bad
+        steps in a row. One sum is read: it is finite when every scalar is (an overflow past 3e38 is a
+        blow-up too), which costs the loop's one host synchronisation per step and little else."""
+        tensors = [v for v in scalars.values() if isinstance(v, Tensor)]
+        total = sum(v for v in scalars.values() if not isinstance(v, Tensor))
+        if tensors:
+            total += float(torch.stack(tensors).sum())
+        if math.isfinite(total):
+            self.streak = 0
+            return False
+        self.skipped += 1
+        self.streak += 1
+        if self.streak == 1:
+            bad = ", ".join(f"{k} = {float(v)}" for k, v in scalars.items() if not math.isfinite(float(v)))
+            self.first_bad = f"{bad} at step {step}"
+        return self.streak >= self.limit
+
+    def error(self, step: int, ckpt_root: Path) -> Diverged:
+        last_good = ckpt.find_latest(ckpt_root)
+        where = (f"the last checkpoint, {last_good} (step {int(last_good.name)}), is from before the divergence"
+                 if last_good is not None else "no checkpoint was written before it")
+        return Diverged(f"training diverged: {self.streak} steps in a row had non-finite losses or gradients "
+                        f"(run.max_nonfinite_steps = {self.limit}), from {self.first_bad} to step {step}. "
+                        f"Their updates were skipped and nothing was saved after the divergence began; {where}. "
+                        "Lower the learning rates, set a grad_clip or check the data, and start again with a new "
+                        "--run-dir; to carry on from that checkpoint, re-run with a larger run.max_nonfinite_steps.")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"skipped_steps": self.skipped, "streak": self.streak, "first_bad": self.first_bad}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.skipped, self.streak = int(state.get("skipped_steps", 0)), int(state.get("streak", 0))
+        self.first_bad = str(state.get("first_bad", ""))
 
 
 class DataSampler:
@@ -173,6 +227,12 @@ def set_rng_state(state: Mapping[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+def finite_mean(values: list[Tensor | float]) -> float:
+    """Mean of the finite values (non-finite ones belong to skipped steps, counted apart); nan if none is."""
+    t = torch.stack([torch.as_tensor(x, dtype=torch.float32) for x in values])
+    return float(torch.nanmean(torch.where(torch.isfinite(t), t, torch.nan)))
+
+
 def git_revision() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
@@ -197,6 +257,13 @@ def check_writable(run_dir: Path) -> None:
     except OSError as exc:
         raise DiffRatioError(f"run directory {run_dir} is not writable: {exc}. Fix its permissions or "
                              "choose another --run-dir.") from exc
+
+
+def changed_settings(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, str]:
+    """Every dotted key whose value differs between two resolved configs, as ``"old -> new"``."""
+    a, b = flatten(old), flatten(new)
+    return {k: f"{a.get(k, '<unset>')!r} -> {b.get(k, '<unset>')!r}" for k in sorted(set(a) | set(b))
+            if a.get(k, "<unset>") != b.get(k, "<unset>")}
 
 
 def plugin_versions(recipe: Recipe, registry: Registry) -> dict[str, Any]:
@@ -306,7 +373,15 @@ def prepare_run_dir(recipe: Recipe, run_dir: Path, registry: Registry, *, is_mai
         raise DiffRatioError(f"cannot create the run directory {run_dir}: {exc}. Choose another --run-dir.") from exc
     check_writable(run_dir)
     check_free_space(run_dir, recipe.settings.min_free_disk_gb)
-    latest = ckpt.find_latest(run_dir / "checkpoints")
+    ckpt_root = run_dir / "checkpoints"
+    if is_main:
+        for leftover in ckpt.remove_partial_writes(ckpt_root):
+            print(f"removed {leftover}: an unfinished checkpoint write of a killed run", file=sys.stderr)
+    latest = ckpt.find_latest(ckpt_root)
+    if latest is None and ckpt.list_checkpoints(ckpt_root):
+        raise CheckpointError(f"every checkpoint under {ckpt_root} is damaged (see the warnings above); nothing "
+                              "to resume from. Move the run directory away (or delete its checkpoints) to start "
+                              "afresh.")
     run_json = run_dir / "run.json"
     config = recipe.to_dict()
     if latest is not None and run_json.exists():
@@ -317,6 +392,10 @@ def prepare_run_dir(recipe: Recipe, run_dir: Path, registry: Registry, *, is_mai
                 f"run directory {run_dir} holds a checkpoint of a different configuration:\n"
                 + "\n".join(f"  - {c}" for c in changes)
                 + "\nUse the original settings to resume, or a new --run-dir (or run.name) to start afresh.")
+        harmless = [f"{k}: {v}" for k, v in changed_settings(old, config).items()]
+        if harmless and is_main:
+            print("resuming with changed settings that keep the checkpoint's meaning: " + "; ".join(harmless),
+                  flush=True)
     if is_main:
         info = {
             "config": config,
@@ -367,12 +446,15 @@ def training_loop(
     strategy, method, ctx = run.ctx.strategy, run.method, run.ctx
     main = strategy.is_main
 
+    guard = NonFiniteGuard(s.max_nonfinite_steps)
+
     # Resume: every stateful object comes back by name.
     if latest is not None:
         state = ckpt.load_state(latest, map_location=strategy.device)
         method.load_state_dict(state["method"])
         ctx.sampler.load_state_dict(state["data"])
         set_rng_state(state["rng"], strategy.device)
+        guard.load_state_dict(state.get("nonfinite", {}))
         run.step, run.train_seconds = int(state["step"]), float(state.get("train_seconds", 0.0))
 
     counts = record_parameter_counts(run)
@@ -387,7 +469,8 @@ def training_loop(
     def save() -> Path:
         """Checkpoint on the main rank (strategies with sharded state save through method.state_dict)."""
         state = {"step": run.step, "train_seconds": run.train_seconds, "method": method.state_dict(),
-                 "data": ctx.sampler.state_dict(), "rng": rng_state(strategy.device)}
+                 "data": ctx.sampler.state_dict(), "rng": rng_state(strategy.device),
+                 "nonfinite": guard.state_dict()}
         path = run_dir / "checkpoints" / ckpt.step_dir_name(run.step)
         if main:
             ckpt.save_checkpoint(run_dir / "checkpoints", run.step, state, keep=s.keep_checkpoints)
@@ -411,36 +494,41 @@ def training_loop(
             registry.emit("diffratio_on_evaluation", extra=run.loggers, run=run, step=run.step, results=results)
             print("eval " + " ".join(f"{k}={v:.5g}" for k, v in results.items()), flush=True)
 
+    def stop() -> None:
+        bar.close()
+        registry.emit("diffratio_on_run_end", extra=run.loggers, run=run, step=run.step)
+        _close(run)
+
     bar = _progress_bar(run.step, s.steps, enabled=progress and main)
     pending: dict[str, list[Tensor | float]] = {}
     t_last, step_last = time.perf_counter(), run.step
+    checkpoint_due = False  # a checkpoint step fell inside a streak of skipped steps: write at the next good one
     with graceful_signals() as signals:
         while run.step < s.steps:
             t0 = time.perf_counter()
             scalars = method.train_step(run.step)
             run.step += 1
+            diverged = guard.check(run.step, scalars)  # count a step with non-finite scalars (it was skipped)
+            run.train_seconds += time.perf_counter() - t0
+            if diverged:
+                stop()
+                raise guard.error(run.step, run_dir / "checkpoints")  # no save: keep the last good checkpoint
             for k, v in scalars.items():
                 pending.setdefault(k, []).append(v.detach() if isinstance(v, Tensor) else v)
-            run.train_seconds += time.perf_counter() - t0
             last = run.step == s.steps
 
             if run.step % s.log_every == 0 or last:
-                # the only host synchronisation of the loop: average the scalars since the last log
-                values = {k: float(torch.stack([torch.as_tensor(x, dtype=torch.float32) for x in v]).mean())
-                          for k, v in pending.items()}
+                # average the scalars since the last log over the steps where they were finite
+                values = {k: finite_mean(v) for k, v in pending.items()}
                 values = strategy.all_reduce_mean(values)
                 pending.clear()
                 now = time.perf_counter()
                 values["images_per_second"] = ((run.step - step_last) * method.images_per_step()
                                                * strategy.world_size / max(now - t_last, 1e-9))
                 t_last, step_last = now, run.step
+                values["nonfinite/skipped_steps"] = float(guard.skipped)
                 if strategy.device.type == "cuda":
                     values["peak_memory_gib"] = torch.cuda.max_memory_allocated(strategy.device) / 2**30
-                bad = [k for k, v in values.items() if not math.isfinite(v)]
-                if bad:
-                    raise DiffRatioError(f"non-finite {', '.join(bad)} at step {run.step}; the last good "
-                                         f"checkpoint is under {run_dir / 'checkpoints'}. Lower the "
-                                         "learning rates or check the data.")
                 if main:
                     bar.set_postfix_str(" ".join(f"{k}={v:.4g}" for k, v in values.items()), refresh=False)
                     bar.update(run.step - bar.n)
@@ -449,12 +537,12 @@ def training_loop(
                 log_samples()
             if s.eval_every and run.step % s.eval_every == 0 and not last:
                 log_evaluation()
-            if run.step % s.checkpoint_every == 0 or last or signals:
+            checkpoint_due = checkpoint_due or run.step % s.checkpoint_every == 0
+            if (checkpoint_due and guard.streak == 0) or last or signals:
                 path = save()
+                checkpoint_due = False
             if signals:
-                bar.close()
-                registry.emit("diffratio_on_run_end", extra=run.loggers, run=run, step=run.step)
-                _close(run)
+                stop()
                 raise Interrupted(signals[0], run.step, path)
     bar.close()
 
@@ -487,4 +575,5 @@ def unwrap(module: nn.Module) -> nn.Module:
     return getattr(module, "_orig_mod", module)
 
 
-__all__ = ["training_loop", "RunContext", "Run", "DataSampler", "Interrupted", "CheckpointError", "unwrap"]
+__all__ = ["training_loop", "RunContext", "Run", "DataSampler", "Interrupted", "Diverged", "CheckpointError",
+           "unwrap"]

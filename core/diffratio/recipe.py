@@ -64,8 +64,9 @@ OPTIONAL_TABLES = ("backbone", "generator", "ratio", "divergence", "schedule")
 
 #: Settings that may change between a checkpoint and a resumed run without changing its meaning.
 HARMLESS_ON_RESUME = re.compile(
-    r"^(run\.(steps|log_every|checkpoint_every|keep_checkpoints|eval_every|sample_every|min_free_disk_gb)"
-    r"|metrics\..*|loggers\..*|strategy\.(num_workers|compile))$"
+    r"^(run\.(steps|log_every|checkpoint_every|keep_checkpoints|eval_every|sample_every|min_free_disk_gb"
+    r"|max_nonfinite_steps)"
+    r"|metrics\..*|loggers\..*|strategy\.(threads|compile))$"
 )
 
 

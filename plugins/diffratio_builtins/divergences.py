@@ -66,6 +66,7 @@ class FDivergence(Divergence):
     @attrs.frozen(kw_only=True)
     class Config:
         function: Literal["reverse-kl", "kl", "js", "hellinger", "pearson"] = "hellinger"
+        # ^ which F: reverse KL, forward KL, Jensen-Shannon, squared Hellinger or Pearson chi^2 (F_FUNCTIONS)
         max_log_weight: float = 5.0  # clamp of log h, keeps weights of rare samples bounded
 
     def weight(self, f: Tensor) -> Tensor:

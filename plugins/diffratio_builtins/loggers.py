@@ -18,8 +18,8 @@ class TensorBoardLogger(Logger):
 
     @attrs.frozen(kw_only=True)
     class Config:
-        subdir: str = "tensorboard"
-        flush_secs: int = 30
+        subdir: str = "tensorboard"  # folder of the event files inside the run directory
+        flush_secs: int = 30  # seconds between writes of pending events to disk
 
     def __init__(self, config: Config | None = None, *, run_dir: str) -> None:
         super().__init__(config, run_dir=run_dir)

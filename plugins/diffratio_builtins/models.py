@@ -56,6 +56,7 @@ class ClassifierRatio(RatioEstimator):
         output_scale: str = attrs.field(default="none", validator=attrs.validators.in_(
             ("none", "inv_sigma", "inv_sigma2")))  # scale(sigma) above
         logit_form: str = attrs.field(default="linear", validator=attrs.validators.in_(("linear", "energy")))
+        # ^ "linear": one scalar from the head; "energy": difference of two energies (see the class docstring)
         head_hidden: int = attrs.field(default=0, validator=attrs.validators.ge(0))  # 0 = linear head
 
     def __init__(self, config: Config, *, backbone: Backbone, sigma_data: float = 0.5) -> None:

@@ -35,8 +35,8 @@ class LogNormal(NoiseSchedule):
     class Config:
         p_mean: float = -1.2  # pixel default; -0.4 for latents
         p_std: float = 1.2  # 1.0 for latents
-        sigma_min: float = 0.002
-        sigma_max: float = 80.0
+        sigma_min: float = 0.002  # lower clamp of sigma
+        sigma_max: float = 80.0  # upper clamp of sigma
         generator_weighting: Weighting = "sigma2"  # w(sigma) of the generator loss
         ratio_weighting: Weighting = "one"  # lambda(sigma) of the ratio loss
         sigma_data: float = 0.5  # only for the "snr" and "edm" weightings
@@ -58,11 +58,11 @@ class LogUniform(NoiseSchedule):
 
     @attrs.frozen(kw_only=True)
     class Config:
-        sigma_min: float = 0.002
-        sigma_max: float = 80.0
-        generator_weighting: Weighting = "sigma2"
-        ratio_weighting: Weighting = "one"
-        sigma_data: float = 0.5
+        sigma_min: float = 0.002  # lower end of the range of sigma
+        sigma_max: float = 80.0  # upper end of the range of sigma
+        generator_weighting: Weighting = "sigma2"  # w(sigma) of the generator loss
+        ratio_weighting: Weighting = "one"  # lambda(sigma) of the ratio loss
+        sigma_data: float = 0.5  # only for the "snr" and "edm" weightings
 
     def sample(self, n: int, device: torch.device | str = "cpu") -> Tensor:
         lo, hi = math.log(self.config.sigma_min), math.log(self.config.sigma_max)

@@ -37,7 +37,7 @@ class MLPBackbone(Backbone):
         hidden: int = attrs.field(default=128, validator=attrs.validators.gt(0))  # width of every layer
         depth: int = attrs.field(default=3, validator=attrs.validators.ge(1))  # residual blocks
         embed_dim: int = attrs.field(default=64, validator=attrs.validators.gt(1))  # noise features
-        dropout: float = 0.0
+        dropout: float = 0.0  # dropout probability inside each residual block
 
     def __init__(self, config: Config, *, data_shape: tuple[int, ...], num_labels: int = 0,
                  mode: str = "full") -> None:

@@ -157,6 +157,7 @@ class UNetBackbone(Backbone):
         num_blocks: int = attrs.field(default=4, validator=_pos)  # residual blocks per level (down path)
         attn_resolutions: tuple[int, ...] = (16,)  # resolutions (side length) with self-attention
         dropout: float = attrs.field(default=0.0, validator=[attrs.validators.ge(0), attrs.validators.lt(1)])
+        # ^ dropout probability inside each residual block (EDM's CIFAR-10 model: 0.13)
         embedding: Literal["positional", "fourier"] = "positional"  # noise-label features (DDPM++ / NCSN++)
         fourier_scale: float = attrs.field(default=16.0, validator=_pos)  # std of the Fourier frequencies
         channel_mult_noise: int = attrs.field(default=1, validator=_pos)  # noise features: this x model_channels

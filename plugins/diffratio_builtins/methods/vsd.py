@@ -59,11 +59,12 @@ class VSD(Method):
     @attrs.frozen(kw_only=True)
     class Config:
         init: str  # edm run directory / checkpoint: the teacher, and the start of the fake score and generator
-        generator_optimizer: OptimizerConfig = OptimizerConfig(lr=3e-5)
-        fake_optimizer: OptimizerConfig = OptimizerConfig(lr=1e-4)
+        generator_optimizer: OptimizerConfig = OptimizerConfig(lr=3e-5)  # Adam of the one-step generator
+        fake_optimizer: OptimizerConfig = OptimizerConfig(lr=1e-4)  # Adam of the fake-score denoiser
         fake_steps: int = attrs.field(default=1, validator=attrs.validators.ge(1))  # per generator step
         warmup_fake_steps: int = attrs.field(default=0, validator=attrs.validators.ge(0))  # before step 1
         ema_decay: float = attrs.field(default=0.999, validator=[attrs.validators.ge(0), attrs.validators.lt(1)])
+        # ^ decay of the generator's EMA (the weights that sample and are evaluated), warmed up early
 
     def __init__(self, config: Config, *, ctx: Any) -> None:
         super().__init__(config, ctx=ctx)
@@ -96,8 +97,8 @@ class VSD(Method):
             denoised = self.fake.module(self.schedule.noise(x, sigma), sigma, labels)
         loss = denoising_loss(denoised.float(), x, sigma, self.fake.raw.sigma_data)
         self.fake.backward(loss)
-        self.fake.step()
-        return {"loss/fake": loss.detach()}
+        out = self.fake.step()
+        return {"loss/fake": loss.detach(), "fake/grad_norm": out["grad_norm"]}
 
     def generator_step(self, step: int) -> dict[str, Tensor]:
         """One generator step on the surrogate whose gradient is ``w (s_fake - s_teacher) dx_sigma/dtheta``."""
@@ -111,11 +112,12 @@ class VSD(Method):
         weight = self.schedule.generator_weight(sigma)
         loss = vsd_generator_loss(x_sigma, diff, weight)
         self.gen.backward(loss)
-        self.gen.step()
-        update_ema(self.ema, self.gen.raw, self.config.ema_decay, step)
+        out = self.gen.step()
+        if self.gen.last_step_ok:  # false when the update was skipped (non-finite loss or gradients)
+            update_ema(self.ema, self.gen.raw, self.config.ema_decay, step)
         # sigma^2 |s_fake - s_teacher| is the denoiser difference, in data units
         gap = (diff * append_dims(sigma, diff.ndim) ** 2).flatten(1).norm(dim=1).mean()
-        return {"loss/generator": loss.detach(), "generator/denoiser_gap": gap}
+        return {"loss/generator": loss.detach(), "generator/denoiser_gap": gap, "generator/grad_norm": out["grad_norm"]}
 
     def train_step(self, step: int) -> dict[str, Tensor]:
         if not self.teacher_loaded:

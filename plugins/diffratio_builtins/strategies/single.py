@@ -27,41 +27,50 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
-def make_optimizer(params: Any, cfg: OptimizerConfig, device: torch.device) -> torch.optim.Optimizer:
+def make_optimizer(params: Any, cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    """Fused Adam(W) on CPU and GPU: one kernel per step, and it can skip a step on the device (``found_inf``)."""
     kw: dict[str, Any] = {"lr": cfg.lr, "betas": cfg.betas, "eps": cfg.eps, "weight_decay": cfg.weight_decay}
-    if device.type == "cuda":
-        kw["fused"] = True
-    else:
-        kw["foreach"] = True
     cls = torch.optim.AdamW if cfg.weight_decay > 0 else torch.optim.Adam
-    return cls(params, **kw)
+    return cls(params, fused=True, **kw)
 
 
 class LocalTrainable(Trainable):
-    """A module on one device with its Adam optimiser; optional gradient clipping."""
+    """A module on one device with its Adam optimiser; optional gradient clipping; non-finite steps skipped."""
 
-    def __init__(self, module: nn.Module, optim: OptimizerConfig, device: torch.device,
-                 wrapped: nn.Module | None = None) -> None:
+    def __init__(self, module: nn.Module, optim: OptimizerConfig, wrapped: nn.Module | None = None) -> None:
         self.raw = module
         self.module = wrapped if wrapped is not None else module
         self._forward_only = self.module
         self.cfg = optim
-        self.optimizer = make_optimizer([p for p in module.parameters() if p.requires_grad], optim, device)
+        self.params = [p for p in module.parameters() if p.requires_grad]
+        self.optimizer = make_optimizer(self.params, optim)
+        self.loss_finite: Tensor | None = None  # of the losses given to backward() since the last step()
 
     @property
     def forward_only(self) -> nn.Module:
         return self._forward_only
 
     def backward(self, loss: Tensor) -> None:
+        finite = torch.isfinite(loss.detach())
+        self.loss_finite = finite if self.loss_finite is None else self.loss_finite & finite
         loss.backward()
 
-    def step(self) -> dict[str, float]:
-        out: dict[str, Any] = {}
+    def step(self) -> dict[str, Tensor]:
+        """Clip and update unless the loss or a gradient is not finite, deciding on the device (no wait)."""
+        grads = [p.grad for p in self.params if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads, foreach=True) if grads else torch.zeros(())
+        ok = torch.isfinite(norm)
+        if self.loss_finite is not None:
+            ok = ok & self.loss_finite
         if self.cfg.grad_clip > 0:
-            out["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.raw.parameters(), self.cfg.grad_clip)
+            torch.nn.utils.clip_grads_with_norm_(self.params, self.cfg.grad_clip, norm, foreach=True)
+        # decided on the device: the fused optimiser leaves parameters and state alone when found_inf is 1
+        self.optimizer.found_inf = (~ok).float()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return out
+        self.loss_finite = None
+        self.last_step_ok = ok
+        return {"grad_norm": norm}
 
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.raw.state_dict(), "optimizer": self.optimizer.state_dict()}
@@ -103,7 +112,7 @@ class SingleDevice(Strategy):
         if self.config.channels_last and self._device.type == "cuda":
             module = module.to(memory_format=torch.channels_last)
         wrapped = torch.compile(module) if self.config.compile and self._device.type == "cuda" else None
-        return LocalTrainable(module, optim, self._device, wrapped)
+        return LocalTrainable(module, optim, wrapped)
 
     def autocast(self) -> Any:
         if self.config.precision == "bf16":
