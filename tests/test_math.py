@@ -18,7 +18,14 @@ import torch
 from diffratio.losses import generator_loss, ratio_loss
 from diffratio.registry import default_registry
 
-torch.set_default_dtype(torch.float64)
+
+@pytest.fixture(autouse=True)
+def float64_default():
+    """Closed-form comparisons run in float64; the default is restored for the other test files."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 def gh_normal(n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,7 +71,8 @@ def test_every_builtin_divergence_is_covered() -> None:
 # ---------------------------------------------------------------------------------------------
 
 P1 = (0.3, 0.8)  # mean, std of the data
-THETA1 = torch.tensor([-0.4, math.log(1.1)])  # generator wider than data: every F's expectation is finite
+# generator wider than data: every F's expectation is finite
+THETA1 = torch.tensor([-0.4, math.log(1.1)], dtype=torch.float64)
 
 
 def divergence_1d(theta: torch.Tensor, sigma: float, div: object) -> torch.Tensor:
@@ -118,10 +126,10 @@ def test_generator_gradient_matches_divergence_gradient_1d(name: str, div: objec
 # 2-D: p = N(m_p, S_p) with correlation; generator x = mu + A z, A lower triangular
 # ---------------------------------------------------------------------------------------------
 
-MP2 = torch.tensor([0.2, -0.1])
-SP2 = torch.tensor([[0.5, 0.15], [0.15, 0.4]])
+MP2 = torch.tensor([0.2, -0.1], dtype=torch.float64)
+SP2 = torch.tensor([[0.5, 0.15], [0.15, 0.4]], dtype=torch.float64)
 # theta = (mu1, mu2, log a11, a21, log a22)
-THETA2 = torch.tensor([-0.3, 0.25, math.log(0.95), 0.1, math.log(0.9)])
+THETA2 = torch.tensor([-0.3, 0.25, math.log(0.95), 0.1, math.log(0.9)], dtype=torch.float64)
 
 
 def affine(theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
