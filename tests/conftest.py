@@ -47,3 +47,19 @@ def sets(*items: str) -> list[str]:
 @pytest.fixture
 def tiny_sets() -> list[str]:
     return sets(*TINY)
+
+
+def assert_same(a: object, b: object, path: str = "") -> None:
+    """Nested states (dicts, lists, tensors) are equal bit for bit; the message names the first difference."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            assert_same(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), f"{path} differs"
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, path

@@ -32,7 +32,7 @@ from diffratio_builtins.datasets.toy2d import NpzPoints
 from diffratio_builtins.methods.common import make_ema, update_ema
 from diffratio_builtins.strategies.single import LocalTrainable
 
-from conftest import RECIPES, TINY
+from conftest import RECIPES, TINY, assert_same
 
 BASE = [*TINY, "strategy.threads=1", "loggers.tensorboard=false"]  # 30 steps, checkpoints every 10, keep 2
 
@@ -215,21 +215,6 @@ def test_sigkill_during_a_checkpoint_write_keeps_the_previous_one(base_run: Path
     # the resumed run ends where the uninterrupted one did, bit for bit
     assert_same(load_state(find_latest(run_dir / "checkpoints"))["method"],
                 load_state(find_latest(base_run / "checkpoints"))["method"])
-
-
-def assert_same(a: object, b: object, path: str = "") -> None:
-    if isinstance(a, dict):
-        assert a.keys() == b.keys(), path
-        for k in a:
-            assert_same(a[k], b[k], f"{path}.{k}")
-    elif isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), f"{path} differs"
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            assert_same(x, y, f"{path}[{i}]")
-    else:
-        assert a == b, path
 
 
 # --------------------------------------------------------------------------------------------------

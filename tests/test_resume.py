@@ -9,11 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from diffratio.checkpoint import find_latest, load_state
 
-from conftest import RECIPES, TINY, run_cli, script, sets
+from conftest import RECIPES, TINY, assert_same, run_cli, script, sets
 
 ARGS = [str(RECIPES / "toy2d.toml"), "--no-progress",
         *sets(*TINY, "run.steps=400", "run.checkpoint_every=25", "run.log_every=25", "strategy.threads=1",
@@ -24,21 +23,6 @@ def final_state(run_dir: Path) -> dict:
     latest = find_latest(run_dir / "checkpoints")
     assert latest is not None and latest.name == "000000400"
     return load_state(latest)["method"]
-
-
-def assert_same(a: object, b: object, path: str = "") -> None:
-    if isinstance(a, dict):
-        assert a.keys() == b.keys(), path
-        for k in a:
-            assert_same(a[k], b[k], f"{path}.{k}")
-    elif isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), f"{path} differs"
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b)
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            assert_same(x, y, f"{path}[{i}]")
-    else:
-        assert a == b, path
 
 
 def interrupt_after_first_checkpoint(run_dir: Path, sig: signal.Signals) -> subprocess.CompletedProcess:

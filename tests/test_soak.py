@@ -16,11 +16,10 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from diffratio.checkpoint import find_latest, load_state
 
-from conftest import RECIPES, TINY, run_cli, script, sets
+from conftest import RECIPES, TINY, assert_same, run_cli, script, sets
 
 pytestmark = pytest.mark.slow
 
@@ -36,21 +35,6 @@ def latest_step(root: Path) -> int:
         return int((root / "latest").read_text())
     except (OSError, ValueError):
         return -1
-
-
-def assert_same(a: object, b: object, path: str = "") -> None:
-    if isinstance(a, dict):
-        assert a.keys() == b.keys(), path
-        for k in a:
-            assert_same(a[k], b[k], f"{path}.{k}")
-    elif isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), f"{path} differs"
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            assert_same(x, y, f"{path}[{i}]")
-    else:
-        assert a == b, path
 
 
 def final_state(run_dir: Path) -> dict:

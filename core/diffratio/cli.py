@@ -19,7 +19,7 @@ import click
 from diffratio.errors import DiffRatioError
 
 
-def _friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
@@ -39,7 +39,7 @@ def _friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Run directory (default runs/<run.name>). Re-running with the same one resumes.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (log lines only).")
-@_friendly_errors
+@friendly_errors
 def train(recipe: Path, sets: tuple[str, ...], dry_run: bool, run_dir: Path | None, no_progress: bool) -> None:
     """Train with RECIPE (a TOML file); re-running the same command resumes from the last checkpoint."""
     from diffratio.engine import default_run_dir, plugin_versions, training_loop
@@ -59,7 +59,7 @@ def train(recipe: Path, sets: tuple[str, ...], dry_run: bool, run_dir: Path | No
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--kind", default=None, help="Only this kind (method, divergence, backbone, ...).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@_friendly_errors
+@friendly_errors
 def plugins(kind: str | None, as_json: bool) -> None:
     """List every registered component: kind, name, providing package and version, config fields."""
     from diffratio.registry import default_registry
@@ -120,7 +120,7 @@ def _default(f: attrs.Attribute) -> Any:
 @click.option("--export", "export", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the generator EMA and ratio estimator with the config to this one .pt file, which "
                    "dr-sample then accepts in place of RUN_DIR.")
-@_friendly_errors
+@friendly_errors
 def sample(run_dir: Path, num: int, out: Path | None, grid: Path | None, seed: int, batch: int, candidates: int,
            select: str, verifier_sigma: float | None, export: Path | None) -> None:
     """Draw samples from RUN_DIR (latest checkpoint, EMA weights; or a file written by --export) into an .npz.

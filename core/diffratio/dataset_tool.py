@@ -16,7 +16,6 @@ import functools
 import io
 import json
 import os
-import sys
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +26,8 @@ import attrs
 import click
 import numpy as np
 
-from diffratio.errors import DataError, DiffRatioError
+from diffratio.cli import friendly_errors
+from diffratio.errors import DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 _GRAY_MODES = {"1": "L", "L": "L", "LA": "L"}
@@ -332,16 +332,6 @@ def summary(arrays: ImageArrays) -> Iterator[str]:
 # --------------------------------------------------------------------------------------------------
 
 
-def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except DiffRatioError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(2)
-
-    return wrapper
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -357,7 +347,7 @@ def dataset() -> None:
 @click.option("--center-crop", is_flag=True, help="Crop each image to its centred square first.")
 @click.option("--max-images", type=click.IntRange(min=0), default=0, help="Keep a random subset (0 = all).")
 @click.option("--compress", is_flag=True, help="Write a compressed .npz (smaller, slower to load).")
-@_friendly
+@friendly_errors
 def convert(src: Path, dest: Path, resolution: int | None, center_crop: bool, max_images: int,
             compress: bool) -> None:
     """Turn an image folder or EDM-style zip SRC into DEST.npz for the npz-images data set.
@@ -373,7 +363,7 @@ def convert(src: Path, dest: Path, resolution: int | None, center_crop: bool, ma
 
 @dataset.command()
 @click.argument("path", type=click.Path(path_type=Path))
-@_friendly
+@friendly_errors
 def info(path: Path) -> None:
     """Read PATH (an .npz, a folder or a zip) fully and describe it; fails on the first bad file."""
     arrays = read_images(path)

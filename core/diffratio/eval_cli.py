@@ -20,7 +20,7 @@ from typing import Any
 import click
 import torch
 
-from diffratio.cli import _friendly_errors
+from diffratio.cli import friendly_errors
 from diffratio.errors import DataError, RecipeError
 
 _CTX = {"help_option_names": ["-h", "--help"]}
@@ -90,7 +90,7 @@ def main() -> None:
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the results to this JSON file.")
 @_with_common
-@_friendly_errors
+@friendly_errors
 def fid(samples: Path, ref: str, num: int | None, num_ref: int | None, with_pr: bool, k: int, json_out: Path | None,
         sets: tuple[str, ...], weights: str, batch: int, device: str, cache_dir: str | None) -> None:
     """FID of the images in SAMPLES (.npz with uint8 `images`) against REF."""
@@ -130,7 +130,7 @@ def fid(samples: Path, ref: str, num: int | None, num_ref: int | None, with_pr: 
               help="Images (default: all of an images file, 10000 of a data set).")
 @click.option("--features", "keep", is_flag=True, help="Keep the features too (needed for precision/recall).")
 @_with_common
-@_friendly_errors
+@friendly_errors
 def stats(source: str, out: Path, num: int | None, keep: bool, sets: tuple[str, ...], weights: str, batch: int,
           device: str, cache_dir: str | None) -> None:
     """Write FID statistics (mu, sigma, count) of SOURCE: an images .npz or a data set name."""
