@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import platform
 import shlex
@@ -33,6 +34,15 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = {"edm": "toy2d-pretrain.toml", "diffratio": "toy2d.toml", "vsd": "toy2d-vsd.toml"}
+#: what is trained from each pretraining: (method, extra --set values, label). The recipes share w(sigma) = 1
+#: (chosen for diffratio in docs/results.md); the sigma^2 rows show how each method fares with the other
+#: usual weighting, so that the comparison is not decided by one method's tuned setting alone.
+VARIANTS = {
+    "diffratio": ("diffratio", [], "diffratio (dijs), w = 1"),
+    "vsd": ("vsd", [], "vsd, w = 1"),
+    "diffratio-w-sigma2": ("diffratio", ["schedule.generator_weighting=sigma2"], "diffratio (dijs), w = sigma^2"),
+    "vsd-w-sigma2": ("vsd", ["schedule.generator_weighting=sigma2"], "vsd, w = sigma^2"),
+}
 
 
 def dr_train(recipe: str, run_dir: Path, sets: list[str], log: Path) -> dict[str, Any]:
@@ -110,11 +120,24 @@ def train_one(method: str, run_dir: Path, sets: list[str]) -> dict[str, Any]:
         return json.loads(bench.read_text())
     if run_dir.exists():
         raise SystemExit(f"{run_dir} exists without bench.json (an interrupted run): remove it first")
-    proc = dr_train(RECIPES[method], run_dir, sets, run_dir.parent / f"{run_dir.name}.log")
+    log = run_dir.parent / f"{run_dir.name}.log"
+    command = shlex.join(["dr-train", f"recipes/{RECIPES[method]}", "--run-dir", _rel(run_dir),
+                          *(a for s in sets for a in ("--set", s))])
+    try:
+        proc = dr_train(RECIPES[method], run_dir, sets, log)
+    except RuntimeError:
+        last = log.read_text().strip().splitlines()[-1]
+        if "training diverged" not in last:
+            raise
+        # a diverged run is a result, not a failure of the benchmark: keep it with no metrics
+        row = {"diverged": last.split(";")[0].removeprefix("error: "), "energy_distance": math.nan,
+               "floor": math.nan, "ratio": math.nan, "steps": 0, "train_seconds": math.nan, "parameters": {},
+               "peak_rss_mib": math.nan, "process_seconds": math.nan, "ms_per_step": math.nan, "command": command}
+        bench.write_text(json.dumps(row, indent=1))
+        return row
     summ = run_summary(run_dir)
-    row = {**summ, **proc, "ms_per_step": 1000 * summ["train_seconds"] / summ["steps"],
-           "command": shlex.join(["dr-train", f"recipes/{RECIPES[method]}", "--run-dir", _rel(run_dir),
-                                  *(a for s in sets for a in ("--set", s))])}
+    row = {**summ, **proc, "ms_per_step": 1000 * summ["train_seconds"] / summ["steps"], "diverged": "",
+           "command": command}
     bench.write_text(json.dumps(row, indent=1))
     return row
 
@@ -128,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=2, help="training runs at a time (timing is measured apart)")
     ap.add_argument("--timing-steps", type=int, default=40, help="steps per burst of the timing phase")
     ap.add_argument("--timing-rounds", type=int, default=7)
+    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"trained from each pretraining: {list(VARIANTS)}")
     ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "toy2d-methods")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "results")
     args = ap.parse_args(argv)
@@ -146,24 +170,31 @@ def main(argv: list[str] | None = None) -> int:
 
     rows: list[dict[str, Any]] = []
 
-    def job(ds: str, seed: int, method: str) -> None:
-        if method == "edm":
-            extra = [f"run.steps={args.pretrain_steps}"]
+    def job(ds: str, seed: int, variant: str) -> None:
+        if variant == "edm":
+            method, extra = "edm", [f"run.steps={args.pretrain_steps}"]
         else:
-            extra = [f"run.steps={args.steps}", f"method.init={json.dumps(_rel(pre_dir(ds, seed)))}"]
-        run_dir = pre_dir(ds, seed) if method == "edm" else args.runs / f"{ds}-{method}-s{seed}"
-        row = {"dataset": ds, "seed": seed, "method": method, **train_one(method, run_dir, sets_for(ds, seed, *extra))}
+            method, vsets, _ = VARIANTS[variant]
+            extra = [f"run.steps={args.steps}", f"method.init={json.dumps(_rel(pre_dir(ds, seed)))}", *vsets]
+        run_dir = pre_dir(ds, seed) if variant == "edm" else args.runs / f"{ds}-{variant}-s{seed}"
+        row = {"dataset": ds, "seed": seed, "method": variant,
+               **train_one(method, run_dir, sets_for(ds, seed, *extra))}
         rows.append(row)
-        print(f"{ds} seed {seed} {method}: energy distance {row['energy_distance']:.5f} (floor {row['floor']:.5f}), "
-              f"peak RSS {row['peak_rss_mib']:.0f} MiB", flush=True)
+        print(f"{ds} seed {seed} {variant}: energy distance {row['energy_distance']:.5f} "
+              f"(floor {row['floor']:.5f}), peak RSS {row['peak_rss_mib']:.0f} MiB", flush=True)
 
-    with ThreadPoolExecutor(args.jobs) as pool:  # pretraining first, then the two methods from it
+    variants = args.variants.split(",")
+    with ThreadPoolExecutor(args.jobs) as pool:  # pretraining first, then the methods from it
         list(pool.map(lambda t: job(*t), [(d, s, "edm") for d in datasets for s in seeds]))
-        list(pool.map(lambda t: job(*t), [(d, s, m) for d in datasets for s in seeds for m in ("diffratio", "vsd")]))
+        list(pool.map(lambda t: job(*t), [(d, s, v) for d in datasets for s in seeds for v in variants]))
     timings = {}
     with tempfile.TemporaryDirectory() as tmp:
         for ds in datasets:
-            timings[ds] = timing(ds, pre_dir(ds, seeds[0]), args.timing_steps, args.timing_rounds, Path(tmp) / ds)
+            cache = args.runs / f"timing-{ds}.json"  # measured once per runs folder
+            if not cache.exists():
+                cache.write_text(json.dumps(timing(ds, pre_dir(ds, seeds[0]), args.timing_steps,
+                                                   args.timing_rounds, Path(tmp) / ds)))
+            timings[ds] = json.loads(cache.read_text())
             print(f"{ds} timing: {timings[ds]}", flush=True)
     write(args, rows, timings, time.time() - t_start)
     return 0
@@ -171,10 +202,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def write(args: argparse.Namespace, rows: list[dict[str, Any]], timings: dict[str, dict[str, dict[str, float]]],
           elapsed: float) -> None:
-    order = {"edm": 0, "diffratio": 1, "vsd": 2}
+    order = {"edm": 0, **{v: i + 1 for i, v in enumerate(VARIANTS)}}
     rows.sort(key=lambda r: (r["dataset"], order[r["method"]], r["seed"]))
     with open(args.out / "toy2d_methods.csv", "w", newline="") as fh:
-        keys = [k for k in rows[0] if k != "parameters"] + ["parameters"]
+        keys = [k for k in dict.fromkeys(k for r in rows for k in r) if k != "parameters"] + ["parameters"]
         w = csv.DictWriter(fh, fieldnames=keys)
         w.writeheader()
         for r in rows:
@@ -182,8 +213,11 @@ def write(args: argparse.Namespace, rows: list[dict[str, Any]], timings: dict[st
     lines = [f"<!-- written by: python benchmarks/toy2d_methods.py {' '.join(sys.argv[1:])} -->",
              f"Run on {time.strftime('%Y-%m-%d %H:%M')} ({platform.platform()}, {os.cpu_count()} CPUs shared with "
              f"other jobs, one torch thread per process, {args.jobs} training runs at a time), "
-             f"total {elapsed / 60:.1f} min.", "",
-             "| data | method | generator steps | energy distance (mean ± std over seeds) | floor | ED / floor "
+             f"this invocation {elapsed / 60:.1f} min (runs already in --runs are reused, not retrained); the "
+             f"training processes took {sum(r['process_seconds'] for r in rows if r['process_seconds'] == r['process_seconds']) / 60:.1f} "
+             f"min in all. Pretraining {args.pretrain_steps} steps; {args.steps} generator steps "
+             "for every other row.", "",
+             "| data | method | runs finished | energy distance (mean ± std over finished seeds) | floor | ED / floor "
              "| ms per step, interleaved (wall / CPU) | ms per step in the run (contended) | peak RSS (MiB) "
              "| parameters |", "|---" * 10 + "|"]
     for ds in dict.fromkeys(r["dataset"] for r in rows):
@@ -192,15 +226,22 @@ def write(args: argparse.Namespace, rows: list[dict[str, Any]], timings: dict[st
             if not sel:
                 continue
 
-            def pm(key: str, fmt: str, sel: list[dict[str, Any]] = sel) -> str:
+            ok = [r for r in sel if not r.get("diverged")]
+
+            def pm(key: str, fmt: str, sel: list[dict[str, Any]] = ok) -> str:
                 v = [r[key] for r in sel]
+                if not v:
+                    return "-"
                 return f"{statistics.fmean(v):{fmt}}" + (f" ± {statistics.stdev(v):{fmt}}" if len(v) > 1 else "")
 
-            label = {"edm": "edm (Heun, 35 evaluations)", "diffratio": "diffratio (dijs)", "vsd": "vsd"}[method]
-            params = ", ".join(f"{k} {v / 1e3:.0f}k" for k, v in sel[0]["parameters"].items())
-            t = timings.get(ds, {}).get(method)
+            label = "edm (Heun, 35 evaluations)" if method == "edm" else VARIANTS[method][2]
+            params = ", ".join(f"{k} {v / 1e3:.0f}k" for k, v in (ok or sel)[0]["parameters"].items())
+            bad = [r for r in sel if r.get("diverged")]
+            runs = f"{len(ok)} of {len(sel)}" + (" (" + "; ".join(f"seed {r['seed']}: {r['diverged']}"
+                                                                     for r in bad) + ")" if bad else "")
+            t = timings.get(ds, {}).get(VARIANTS[method][0] if method in VARIANTS else method)
             inter = f"{t['wall_ms']:.1f} / {t['cpu_ms']:.1f}" if t else "-"
-            lines.append(f"| {ds} | {label} | {sel[0]['steps']} | {pm('energy_distance', '.5f')} | "
+            lines.append(f"| {ds} | {label} | {runs} | {pm('energy_distance', '.5f')} | "
                          f"{pm('floor', '.5f')} | {pm('ratio', '.2f')} | {inter} | {pm('ms_per_step', '.1f')} | "
                          f"{pm('peak_rss_mib', '.0f')} | {params} |")
     lines += ["", "Commands, in the repository root:", "", "```"]
