@@ -165,6 +165,14 @@ def _image_folder(tmp: Path) -> dict[str, Any]:
     return {"path": str(tmp / "folder"), "use_labels": True}
 
 
+def _latent_shards(tmp: Path) -> dict[str, Any]:
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        np.savez(tmp / f"latents-{i}.npz", latents=rng.normal(size=(6, 4, 4, 4)).astype(np.float16),
+                 std=np.full((6, 4, 4, 4), 0.1, np.float16), labels=rng.integers(0, 3, 6))
+    return {"path": str(tmp), "use_labels": True, "storage": "mmap"}
+
+
 def _mnist(tmp: Path) -> dict[str, Any]:
     from diffratio import DataError
     from diffratio_builtins.datasets import digit_files
@@ -197,6 +205,8 @@ DATASET_CASES: dict[str, Any] = {
     "npz-points": _npz_points,
     "npz-images": _npz_images,
     "image-folder": _image_folder,
+    "latents": _latent_shards,
+    "synthetic-latents": lambda tmp: {"shape": [4, 8, 8], "num_labels": 3, "num_items": 16},
     "mnist": _mnist,
     "fashion-mnist": _fashion,
 }

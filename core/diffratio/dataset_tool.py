@@ -184,6 +184,55 @@ def read_image_source(path: str | Path, *, resolution: int = 0, center_crop: boo
     return ImageArrays(images, labels, class_names, tuple(names))
 
 
+def iter_image_source(path: str | Path, *, chunk: int = 1024, resolution: int = 0, center_crop: bool = False,
+                      max_images: int = 0, seed: int = 0, workers: int | None = None) -> Iterator[ImageArrays]:
+    """``read_image_source`` in chunks of at most ``chunk`` images, in the same order and with the same labels
+    and errors, so that a data set too large for memory (ImageNet) can be streamed, e.g. into a VAE encoder.
+
+    An ``.npz`` file is read whole and then sliced. ``names`` of each chunk are its images' files.
+    """
+    path = Path(path)
+    if path.suffix.lower() == ".npz":
+        arrays = read_npz_images(path)
+        images, labels = arrays.images, arrays.labels
+        if 0 < max_images < images.shape[0]:
+            keep = np.sort(np.random.default_rng(seed).choice(images.shape[0], max_images, replace=False))
+            images, labels = images[keep], (labels[keep] if labels is not None else None)
+        for start in range(0, images.shape[0], chunk):
+            yield ImageArrays(images[start:start + chunk], labels[start:start + chunk] if labels is not None else None,
+                              arrays.class_names)
+        return
+    if not path.exists():
+        raise DataError(f"{path} does not exist (expected a folder of images, a .zip archive or an .npz file)")
+    src = _Source(path)
+    try:
+        names = [f for f in src.files if f.lower().endswith(IMAGE_EXTENSIONS)]
+        if not names:
+            raise DataError(f"{path}: no images found ({', '.join(IMAGE_EXTENSIONS)})")
+        labels, class_names = _labels_for(src, names)
+        if 0 < max_images < len(names):
+            keep = np.sort(np.random.default_rng(seed).choice(len(names), max_images, replace=False))
+            names = [names[i] for i in keep]
+            labels = labels[keep] if labels is not None else None
+        if labels is not None:
+            check_labels(labels, len(names), str(path), names=names)
+        decode = functools.partial(decode_image, resolution=resolution, center_crop=center_crop)
+        first: tuple[int, ...] | None = None
+        for start in range(0, len(names), chunk):
+            part = names[start:start + chunk]
+            images = _decode_all(src, part, decode, workers)
+            if first is None:
+                first = images.shape[1:]
+            elif images.shape[1:] != first:
+                raise DataError(f"{src.where(part[0])}: image is {_describe(images.shape[1:])}, but {names[0]} is "
+                                f"{_describe(first)}; all images must have one size and channel count (give a "
+                                f"resolution to resize them)")
+            yield ImageArrays(images, labels[start:start + chunk] if labels is not None else None, class_names,
+                              tuple(part))
+    finally:
+        src.close()
+
+
 def _decode_all(src: _Source, names: Sequence[str], decode: Callable[..., np.ndarray],
                 workers: int | None) -> np.ndarray:
     """Decode in threads (Pillow releases the GIL), filling one preallocated array in file order."""

@@ -91,6 +91,11 @@ def diffratio_datasets() -> Iterator[ComponentSpec]:
     yield DatasetSpec(name="fashion-mnist", cls=images.FashionMNIST, description="Fashion-MNIST, IDX files")
     yield DatasetSpec(name="image-folder", cls=images.ImageFolder, description="folder of images or EDM-style zip")
     yield DatasetSpec(name="npz-images", cls=images.NpzImages, description="uint8 images (and labels) in an .npz")
+    from diffratio_builtins.datasets import latents
+
+    yield DatasetSpec(name="latents", cls=latents.Latents, description="precomputed VAE latents in .npz shards")
+    yield DatasetSpec(name="synthetic-latents", cls=latents.SyntheticLatents,
+                      description="random latents and labels for benchmarks (no files)")
 
 
 @hookimpl
