@@ -1,10 +1,12 @@
 """The documentation stays true: docs/recipes.md is the fresh rendering of the registry and documents every
-field, docs/plugins.md shows the example plugin's files exactly, and docs/tensorboard.md names every
-summary that tiny runs of the built-in methods write."""
+field, docs/cli.md is the fresh rendering of the click commands, docs/plugins.md shows the example plugin's
+files exactly, and docs/tensorboard.md names every summary that tiny runs of the built-in methods write.
+(tests/test_docs_commands.py runs the docs' shell commands.)"""
 
 from __future__ import annotations
 
 import re
+import tomllib
 import warnings
 from pathlib import Path
 from typing import Any
@@ -96,6 +98,36 @@ def test_nested_tables_expand_with_the_defaults_of_the_field() -> None:
     assert rows["inner.undocumented"].meaning is None
     assert (rows["pair"].type, rows["pair"].default) == ("array [float, float]", "[0.0, 0.99]")
     assert (rows["choice"].type, rows["choice"].default) == ("str (optional)", "unset")
+
+
+# --------------------------------------------------------------------------------------------------
+# docs/cli.md
+# --------------------------------------------------------------------------------------------------
+
+
+def test_cli_reference_is_current() -> None:
+    fresh = docgen.render_cli()
+    current = (DOCS / "cli.md").read_text()
+    if current != fresh:
+        changed = [f"  docs: {a!r}\n  code: {b!r}" for a, b in zip(current.splitlines(), fresh.splitlines(),
+                                                                   strict=False) if a != b]
+        pytest.fail(f"docs/cli.md is stale: run `{docgen.CLI_COMMAND}`; first differences:\n" + "\n".join(changed[:5]))
+
+
+def test_cli_reference_covers_every_console_script_and_module_command() -> None:
+    text = (DOCS / "cli.md").read_text()
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert list(docgen.console_scripts()) == [n for n in docgen.SCRIPT_ORDER if n in scripts] + sorted(
+        n for n in scripts if n not in docgen.SCRIPT_ORDER), "installed scripts differ from pyproject: pip install -e ."
+    for name in scripts:
+        assert f"## `{name}`" in text, f"{name} is not in docs/cli.md"
+    for name in ("train", "plugins", "sample", "eval", "dataset"):
+        assert f"| `python -m diffratio {name}` | `dr-{name}` |" in text
+
+
+def test_generators_refuse_unknown_arguments() -> None:
+    with pytest.raises(SystemExit, match="usage"):
+        docgen.main(["bogus"])
 
 
 # --------------------------------------------------------------------------------------------------

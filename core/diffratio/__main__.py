@@ -9,7 +9,7 @@ from diffratio.cli import plugins, sample, train
 
 @click.group()
 def main() -> None:
-    """diffratio command-line tools (same as dr-train, dr-plugins, dr-sample, dr-dataset)."""
+    """diffratio command-line tools (the same as dr-train, dr-plugins, dr-sample, dr-eval, dr-dataset)."""
 
 
 main.add_command(train, "train")

@@ -107,7 +107,7 @@ def _default(f: attrs.Attribute) -> Any:
               help="Output .npz file (required unless only --export is wanted).")
 @click.option("--grid", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write a PNG (image grid, or scatter plot for 2-D data).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed of the draw.")
 @click.option("--batch", type=click.IntRange(min=1), default=500, show_default=True,
               help="Most samples (candidates included) in one network pass.")
 @click.option("--candidates", type=click.IntRange(min=1), default=1, show_default=True,

@@ -1,6 +1,8 @@
-"""Render the recipe reference, docs/recipes.md, from the registered built-in components.
+"""Render the recipe reference, docs/recipes.md, from the registered built-in components, and the
+command-line reference, docs/cli.md, from the click commands:
 
     python -m diffratio.docgen > docs/recipes.md
+    python -m diffratio.docgen cli > docs/cli.md
 
 Every table a recipe may hold is listed with each built-in component's Config fields: type, default and
 one line of meaning. The meaning is the field's ``# comment`` in the source: trailing, on whole lines
@@ -286,8 +288,141 @@ def render(registry: Registry | None = None) -> str:
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
-def main() -> None:
-    sys.stdout.write(render())
+# --------------------------------------------------------------------------------------------------
+# The command-line reference
+# --------------------------------------------------------------------------------------------------
+
+CLI_COMMAND = "python -m diffratio.docgen cli > docs/cli.md"
+
+#: console scripts in reading order; any other script of the distribution follows, sorted by name
+SCRIPT_ORDER = ("dr-train", "dr-plugins", "dr-sample", "dr-eval", "dr-dataset")
+
+
+def console_scripts() -> dict[str, Any]:
+    """The installed ``diffratio`` distribution's console scripts, name -> click command, in reading order."""
+    from importlib.metadata import distribution
+
+    found = {ep.name: ep for ep in distribution("diffratio").entry_points if ep.group == "console_scripts"}
+    names = [n for n in SCRIPT_ORDER if n in found] + sorted(n for n in found if n not in SCRIPT_ORDER)
+    return {name: found[name].load() for name in names}
+
+
+def _param_type(param: Any) -> str:
+    """A parameter's type in words: ``flag``, ``integer >= 1``, ``best \\| sir``, ``file (must exist)``."""
+    import click
+
+    if isinstance(param, click.Option) and param.is_flag:
+        return "flag"
+    tp = param.type
+    if isinstance(tp, click.Choice):
+        return " \\| ".join(str(c) for c in tp.choices)
+    if isinstance(tp, click.types._NumberRangeBase):
+        base = "integer" if isinstance(tp, click.IntRange) else "number"
+        bounds = []
+        if tp.min is not None:
+            bounds.append(f"{'>' if tp.min_open else '>='} {tp.min}")
+        if tp.max is not None:
+            bounds.append(f"{'<' if tp.max_open else '<='} {tp.max}")
+        return " ".join([base, *bounds]) if len(bounds) < 2 else f"{base} in [{tp.min}, {tp.max}]"
+    if isinstance(tp, click.Path):
+        kind = "file" if not tp.dir_okay else "folder" if not tp.file_okay else "path"
+        return f"{kind} (must exist)" if tp.exists else kind
+    return {"integer": "integer", "float": "number", "text": "text", "boolean": "true/false"}.get(tp.name, tp.name)
+
+
+def _param_default(param: Any, ctx: Any) -> str:
+    import click
+
+    if isinstance(param, click.Argument):
+        return "required" if param.required else ""
+    if param.required:
+        return "required"
+    if param.multiple:
+        return "repeatable"
+    default = param.get_default(ctx, call=False)
+    if default is None or default is False or type(default).__name__ == "Sentinel" or callable(default):
+        return ""
+    return f"`{default}`" if default != "" else '`""`'
+
+
+def _param_names(param: Any) -> str:
+    import click
+
+    if isinstance(param, click.Argument):
+        return f"`{param.human_readable_name}`"
+    names = ", ".join(f"`{o}`" for o in [*param.opts, *param.secondary_opts])
+    if not param.is_flag and param.metavar:
+        names = names[:-1] + f" {param.metavar}`"
+    return names
+
+
+def _command_lines(command: Any, prog: str, level: int, parent: Any = None) -> list[str]:
+    """One command's section: usage, help text, and a table of its arguments and options."""
+    import click
+
+    ctx = click.Context(command, info_name=prog.split()[-1], parent=parent, **command.context_settings)
+    usage = " ".join([prog, *command.collect_usage_pieces(ctx)])
+    lines = [f"{'#' * level} `{prog}`", "", "```text", usage, "```", ""]
+    help_text = inspect.cleandoc(command.help or "").replace("\b\n", "")
+    if help_text:
+        lines += [help_text, ""]
+    params = [p for p in command.get_params(ctx) if not (isinstance(p, click.Option) and p.hidden)]
+    if params:
+        lines += ["| argument / option | type | default | meaning |", "|---|---|---|---|"]
+        for p in params:
+            meaning = getattr(p, "help", None) or ("see above" if isinstance(p, click.Argument) else "")
+            lines.append(f"| {_param_names(p)} | {_param_type(p)} | {_param_default(p, ctx)} | {_cell(meaning)} |")
+        lines.append("")
+    if isinstance(command, click.Group):
+        for name in command.list_commands(ctx):
+            lines += _command_lines(command.get_command(ctx, name), f"{prog} {name}", level + 1, ctx)
+    return lines
+
+
+def render_cli() -> str:
+    """The Markdown text of docs/cli.md."""
+    import click
+
+    from diffratio.__main__ import main as module_main
+
+    scripts = console_scripts()
+    ctx = click.Context(module_main, info_name="diffratio")
+    same_as = {}
+    for name in module_main.list_commands(ctx):
+        command = module_main.get_command(ctx, name)
+        same_as[name] = next((s for s, c in scripts.items() if c is command), None)
+    lines = [
+        "# Command-line reference",
+        "",
+        f"<!-- generated by `{CLI_COMMAND}`; do not edit: tests/test_docs.py fails when it is stale -->",
+        "",
+        "Installing diffratio (`pip install -e .`) puts these commands on the `PATH`; every one prints this "
+        "help with `-h` or `--help`. Where the scripts are not installed (a source tree on `PYTHONPATH`, a "
+        "machine without `pip install`), `python -m diffratio COMMAND` runs the same commands:",
+        "",
+        "| command | same as |",
+        "|---|---|",
+    ]
+    for name, script in same_as.items():
+        lines.append(f"| `python -m diffratio {name}` | {f'`{script}`' if script else '(no console script)'} |")
+    lines += [
+        "",
+        "Errors a user can fix (a recipe key, a missing file, an unknown component) are printed as one "
+        "message without a traceback, with exit status 2; a run stopped by Ctrl-C or SIGTERM writes a "
+        "checkpoint first and exits with 128 + the signal number. Recipe keys are in docs/recipes.md.",
+        "",
+    ]
+    for name, command in scripts.items():
+        lines += _command_lines(command, name, 2)
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m diffratio.docgen`` writes docs/recipes.md's text; ``... cli`` writes docs/cli.md's."""
+    args = sys.argv[1:] if argv is None else argv
+    if args not in ([], ["recipes"], ["cli"]):
+        sys.exit(f"usage: {COMMAND}\n       {CLI_COMMAND}")
+    sys.stdout.write(render_cli() if args == ["cli"] else render())
 
 
 if __name__ == "__main__":
