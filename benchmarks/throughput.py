@@ -1,0 +1,393 @@
+"""Training throughput of ``diffratio`` and ``vsd`` with the same generator, data and batch: images/s, the step
+time split into the auxiliary step (ratio estimator / fake score) and the generator step, peak GPU memory,
+FLOPs per step and MFU. Prints a markdown table and writes it to ``--out``.
+
+    python benchmarks/throughput.py recipes/imagenet512.toml --steps 20 \
+        --set dataset.name=synthetic-latents --set strategy.name=single --set strategy.precision=bf16 \
+        --variant 'sdpa: backbone.attention=sdpa' --variant 'xformers: backbone.attention=xformers' \
+        --out docs/results/throughput.md
+
+Each row (a method under a variant) builds the run as ``dr-train`` does (``engine.build_run``) from the recipe
+with the ``--set`` overrides, then the variant's, and calls ``method.train_step`` with the engine's per-step
+finite check (``engine.NonFiniteGuard``), as the training loop does: ``--warmup`` steps, one step under
+``torch.utils.flop_counter.FlopCounterMode``, then ``--steps`` timed steps. The recipe's method table is
+mapped onto the other method (generator and auxiliary optimisers, steps per generator step); ``method.init``
+is cleared (weights do not change the speed: the VSD teacher is random too) and warm-up steps are off.
+
+Times: CUDA events around ``ratio_step`` / ``fake_step`` and ``generator_step`` (perf_counter on CPU); the
+step time is wall time over the timed steps, so "other" is the finite check and gaps (each method's EMA
+update is inside its generator step). MFU =
+counted FLOPs per step / step time / the card's dense bf16 peak (H100 SXM and H200: 989 TFLOP/s; or
+``--peak-tflops``), per GPU. FLOPs are counted with the sdpa kernels even for rows on xformers (whose ops the
+counter does not see), so MFU compares backends on the same model FLOPs.
+
+Each row runs in a fresh Python process (peak memory of that row alone; an out-of-memory row is reported, not
+fatal), unless ``--no-isolate`` or under torchrun (``WORLD_SIZE`` > 1), where rows run in turn in-process on
+every rank and rank 0 reports images/s over all ranks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import shlex
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+import traceback
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from diffratio import Trainable
+from diffratio.engine import NonFiniteGuard, build_run
+from diffratio.recipe import apply_sets, read_recipe_text, resolve_recipe
+from diffratio.registry import default_registry
+
+METHODS = ("diffratio", "vsd")
+#: dense bf16 peak of one card, by a substring of torch.cuda.get_device_name()
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+COLUMNS = ("variant", "method", "batch", "images/s", "step ms", "aux step ms", "generator step ms", "other ms",
+           "peak GiB", "TFLOP/step", "TFLOP/s", "MFU", "params (M)")
+AUX_STEP = {"diffratio": "ratio_step", "vsd": "fake_step"}
+
+
+# --------------------------------------------------------------------------------------------------
+# Recipes for the rows
+# --------------------------------------------------------------------------------------------------
+
+
+def method_table(source: dict[str, Any], name: str) -> dict[str, Any]:
+    """The ``[method]`` table of ``name`` from a diffratio or vsd table: same generator optimiser, the auxiliary
+    network's optimiser and steps per generator step carried over, no initialisation, no warm-up."""
+    aux_opt = source.get("ratio_optimizer", source.get("fake_optimizer"))
+    aux_steps = source.get("ratio_steps", source.get("fake_steps"))
+    out: dict[str, Any] = {"name": name, "init": ""}
+    if "generator_optimizer" in source:
+        out["generator_optimizer"] = source["generator_optimizer"]
+    if "ema_decay" in source:
+        out["ema_decay"] = source["ema_decay"]
+    prefix = "ratio" if name == "diffratio" else "fake"
+    if aux_opt is not None:
+        out[f"{prefix}_optimizer"] = aux_opt
+    if aux_steps is not None:
+        out[f"{prefix}_steps"] = aux_steps
+    out[f"warmup_{prefix}_steps"] = 0
+    return out
+
+
+def row_recipe(recipe: str, sets: list[str], method: str) -> Any:
+    """The resolved recipe of one row: the file, the ``--set`` list, the method mapped to ``method``, no
+    loggers or metrics."""
+    doc = tomllib.loads(read_recipe_text(recipe))
+    errors = apply_sets(doc, sets)
+    if errors:
+        raise SystemExit("bad --set: " + "; ".join(errors))
+    source = doc.get("method", {})
+    if source.get("name") not in METHODS:
+        raise SystemExit(f"{recipe}: the recipe's method is {source.get('name')!r}; give a diffratio or vsd recipe")
+    doc["method"] = method_table(source, method)
+    if method == "vsd":
+        doc.pop("ratio", None)
+        doc.pop("divergence", None)
+    doc["metrics"] = {}
+    doc["loggers"] = {"tensorboard": False}
+    return resolve_recipe(doc, registry=default_registry(), text="", source=recipe)
+
+
+# --------------------------------------------------------------------------------------------------
+# Measuring one row
+# --------------------------------------------------------------------------------------------------
+
+
+class PhaseTimer:
+    """Time spent in named method calls: CUDA events on GPU (read once, at the end), perf_counter on CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.spans: dict[str, list[tuple[Any, Any]]] = {}
+
+    def wrap(self, obj: Any, attr: str, label: str) -> None:
+        """Replace the bound method ``obj.attr`` on the instance by a timed call of it."""
+        fn = getattr(obj, attr)
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = self._mark()
+            out = fn(*args, **kwargs)
+            self.spans.setdefault(label, []).append((start, self._mark()))
+            return out
+
+        setattr(obj, attr, timed)
+
+    def _mark(self) -> Any:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def total_ms(self, label: str) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+            return sum(a.elapsed_time(b) for a, b in self.spans.get(label, []))
+        return sum(b - a for a, b in self.spans.get(label, [])) * 1e3
+
+
+def networks(method: Any) -> list[nn.Module]:
+    """The plain modules a method trains or evaluates (its attributes: modules and Trainables)."""
+    out = []
+    for value in vars(method).values():
+        if isinstance(value, Trainable):
+            out.append(value.raw)
+        elif isinstance(value, nn.Module):
+            out.append(value)
+    return out
+
+
+@contextmanager
+def sdpa_attention(method: Any) -> Any:
+    """Attention blocks of the built-in backbones on sdpa for the FLOP count (the counter does not see xformers'
+    ops); restored afterwards."""
+    changed = [(m, m.attn_backend) for net in networks(method) for m in net.modules()
+               if getattr(m, "attn_backend", "sdpa") != "sdpa"]
+    for m, _ in changed:
+        m.attn_backend = "sdpa"
+    try:
+        yield
+    finally:
+        for m, backend in changed:
+            m.attn_backend = backend
+
+
+def count_flops(step: Callable[[], Any], method: Any) -> float | None:
+    """FLOPs of one call of ``step`` (forward and backward, as executed), or None when they cannot be counted."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    try:
+        with sdpa_attention(method), FlopCounterMode(display=False) as counter:
+            step()
+    except Exception as exc:  # e.g. a compiled module the counter cannot enter
+        print(f"FLOPs not counted: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return None
+    return float(counter.get_total_flops())
+
+
+def peak_tflops(device: torch.device, override: float | None) -> tuple[float | None, str]:
+    """Dense bf16 peak of one card and the card's name."""
+    if device.type != "cuda":
+        return override, platform.processor() or "cpu"
+    name = torch.cuda.get_device_name(device)
+    if override:
+        return override, name
+    return next((v for k, v in PEAK_TFLOPS.items() if k in name), None), name
+
+
+def measure(recipe: str, sets: list[str], method_name: str, *, steps: int, warmup: int,
+            peak_override: float | None) -> dict[str, Any]:
+    """Build one row's run and time it; return the row's numbers (see the module docstring)."""
+    resolved = row_recipe(recipe, sets, method_name)
+    with tempfile.TemporaryDirectory(prefix="throughput-") as tmp:
+        run = build_run(resolved, Path(tmp), default_registry())
+        method, strategy = run.method, run.ctx.strategy
+        device = strategy.device
+        if method_name == "vsd":
+            method.teacher_loaded = True  # a random teacher: the speed and memory are those of a trained one
+        timer = PhaseTimer(device)
+        timer.wrap(method, AUX_STEP[method_name], "aux")
+        timer.wrap(method, "generator_step", "generator")
+        guard = NonFiniteGuard(limit=10**9)
+        step = 0
+
+        def train_step() -> None:
+            nonlocal step
+            guard.check(step, method.train_step(step))  # the loop's one wait per step
+            step += 1
+
+        for _ in range(warmup):
+            train_step()
+        flops = count_flops(train_step, method)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+        timer.spans.clear()
+        start = time.perf_counter()
+        for _ in range(steps):
+            train_step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        wall = time.perf_counter() - start
+        aux_ms, gen_ms = timer.total_ms("aux") / steps, timer.total_ms("generator") / steps
+        step_s = wall / steps
+        peak, card = peak_tflops(device, peak_override)
+        world = strategy.world_size
+        counts = method.parameter_counts()
+        row = {
+            "method": method_name, "batch": run.ctx.settings.batch_size, "world_size": world,
+            "images_per_s": method.images_per_step() * world / step_s, "step_ms": step_s * 1e3,
+            "aux_ms": aux_ms, "generator_ms": gen_ms, "other_ms": step_s * 1e3 - aux_ms - gen_ms,
+            "peak_gib": (torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None),
+            "flops_per_step": flops, "tflops_per_s": flops / step_s / 1e12 if flops else None,
+            "mfu": flops / step_s / (peak * 1e12) if flops and peak else None, "peak_tflops": peak,
+            "device": card, "skipped_steps": guard.skipped, "params": counts,
+            "strategy": {"name": resolved.components["strategy"].name, **resolved.to_dict()["strategy"]},
+            "attention": resolved.to_dict().get("backbone", {}).get("attention"),
+        }
+        if strategy.is_main:
+            print(f"  {method_name}: {row['images_per_s']:.1f} images/s, {row['step_ms']:.1f} ms/step", file=sys.stderr)
+        for lg in run.loggers:
+            lg.close()
+    return row
+
+
+# --------------------------------------------------------------------------------------------------
+# Rows, isolation and the table
+# --------------------------------------------------------------------------------------------------
+
+
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    """``'LABEL: key=value key=value'`` -> (label, --set list)."""
+    label, sep, rest = text.partition(":")
+    if not sep or not label.strip():
+        raise SystemExit(f"--variant {text!r}: expected 'LABEL: key=value ...'")
+    return label.strip(), shlex.split(rest)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run_isolated(args: argparse.Namespace, sets: list[str], method: str) -> dict[str, Any]:
+    """One row in a child process (single process: rank 0 of world size 1 on a fresh port)."""
+    with tempfile.TemporaryDirectory(prefix="throughput-row-") as tmp:
+        out = Path(tmp) / "row.json"
+        cmd = [sys.executable, __file__, args.recipe, "--steps", str(args.steps), "--warmup", str(args.warmup),
+               "--row", json.dumps({"method": method, "sets": sets}), "--row-out", str(out)]
+        if args.peak_tflops:
+            cmd += ["--peak-tflops", str(args.peak_tflops)]
+        env = {**os.environ, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+        proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        sys.stderr.write(proc.stdout)
+        if proc.returncode != 0 or not out.exists():
+            lines = [ln for ln in proc.stdout.strip().splitlines() if ln.strip()]
+            return {"method": method, "error": lines[-1] if lines else f"exit status {proc.returncode}"}
+        return json.loads(out.read_text())
+
+
+def run_in_process(args: argparse.Namespace, sets: list[str], method: str) -> dict[str, Any]:
+    try:
+        return measure(args.recipe, sets, method, steps=args.steps, warmup=args.warmup,
+                       peak_override=args.peak_tflops)
+    except Exception as exc:
+        traceback.print_exc()
+        return {"method": method, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
+    finally:
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def fmt(value: Any, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def table_row(variant: str, r: dict[str, Any]) -> str:
+    if "error" in r:
+        cells = [variant, r["method"], *["" for _ in COLUMNS[2:-1]], f"failed: {r['error']}"]
+        return "| " + " | ".join(c.replace("|", "/") for c in cells) + " |"
+    params = ", ".join(f"{k} {v / 1e6:.1f}" for k, v in r["params"].items())
+    cells = [variant, r["method"], f"{r['batch']} x {r['world_size']}", fmt(r["images_per_s"], ",.1f"),
+             fmt(r["step_ms"], ".1f"), fmt(r["aux_ms"], ".1f"), fmt(r["generator_ms"], ".1f"),
+             fmt(r["other_ms"], ".1f"),
+             fmt(r["peak_gib"], ".2f"), fmt(r["flops_per_step"] and r["flops_per_step"] / 1e12, ".4g"),
+             fmt(r["tflops_per_s"], ".1f"), fmt(r["mfu"] and 100 * r["mfu"], ".1f") + ("%" if r["mfu"] else ""),
+             params]
+    return "| " + " | ".join(cells) + " |"
+
+
+def render(args: argparse.Namespace, rows: list[tuple[str, dict[str, Any]]]) -> str:
+    ok = [r for _, r in rows if "error" not in r]
+    first = ok[0] if ok else {}
+    lines = [
+        f"Throughput of `{args.recipe}` ({time.strftime('%Y-%m-%d %H:%M')}): {args.steps} timed steps after "
+        f"{args.warmup} warm-up steps and one counted step; `python benchmarks/throughput.py` "
+        + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "",
+        f"- device: {first.get('device', '?')} x {first.get('world_size', '?')}; torch {torch.__version__}; "
+        f"MFU against {fmt(first.get('peak_tflops'), '.0f')} TFLOP/s dense bf16 per card",
+        f"- strategy: {json.dumps(first.get('strategy'))}; attention: {first.get('attention')}",
+        "- batch: per GPU x GPUs; images/s: generated images per second over all GPUs; aux step: the ratio "
+        "estimator's step (diffratio) or the fake score's (vsd); the generator step includes the EMA update; "
+        "other: the per-step finite check and gaps",
+        "",
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "---|" * len(COLUMNS),
+        *(table_row(v, r) for v, r in rows),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("recipe", help="a diffratio or vsd recipe, e.g. recipes/imagenet512.toml")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="recipe override for every row (as dr-train --set); repeatable")
+    ap.add_argument("--variant", action="append", default=[], metavar="'LABEL: KEY=VALUE ...'",
+                    help="a labelled set of further overrides; each variant runs every method; repeatable")
+    ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated: diffratio, vsd")
+    ap.add_argument("--steps", type=int, default=20, help="timed steps per row")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (cuDNN autotuning, allocator)")
+    ap.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak per card for MFU")
+    ap.add_argument("--out", type=Path, default=None, help="also write the markdown table to this file")
+    ap.add_argument("--no-isolate", action="store_true", help="run the rows in this process, one after another")
+    ap.add_argument("--row", help=argparse.SUPPRESS)  # internal: one row, as a child process
+    ap.add_argument("--row-out", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.steps < 1 or args.warmup < 0:
+        ap.error("--steps must be >= 1 and --warmup >= 0")
+
+    if args.row:
+        spec = json.loads(args.row)
+        row = measure(args.recipe, spec["sets"], spec["method"], steps=args.steps, warmup=args.warmup,
+                      peak_override=args.peak_tflops)
+        args.row_out.write_text(json.dumps(row))
+        return 0
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        ap.error(f"--methods: choose from {', '.join(METHODS)}")
+    variants = [parse_variant(v) for v in args.variant] or [("base", [])]
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    isolate = not args.no_isolate and not distributed
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    rows: list[tuple[str, dict[str, Any]]] = []
+    for label, extra in variants:
+        for method in methods:
+            if main_rank:
+                print(f"{label} / {method} ...", file=sys.stderr, flush=True)
+            sets = [*args.sets, *extra]
+            rows.append((label, run_isolated(args, sets, method) if isolate else run_in_process(args, sets, method)))
+    if main_rank:
+        text = render(args, rows)
+        print(text)
+        if args.out is not None:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(text)
+    return 1 if any("error" in r for _, r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

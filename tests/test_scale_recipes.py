@@ -1,0 +1,180 @@
+"""The scale recipes (CIFAR-10, ImageNet 64x64, ImageNet 512x512 latents) resolve and dry-run on CPU, name the
+data the user supplies and fail with how to prepare it when it is missing; their networks have the sizes
+their comments state (counted on the meta device, nothing allocated); the ImageNet 512 recipe trains on
+synthetic latents with a tiny override; benchmarks/throughput.py gives its table on CPU."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from diffratio.cli import train
+from diffratio.components import count_parameters
+from diffratio.recipe import load_recipe
+from diffratio.registry import default_registry
+
+from conftest import RECIPES, ROOT, run_cli, sets
+
+REGISTRY = default_registry()
+SCALE = ["cifar10", "cifar10-pretrain", "imagenet64", "imagenet64-pretrain", "imagenet512", "imagenet512-pretrain"]
+#: the data path each recipe names, which the user supplies
+DATA = {"cifar10": "datasets/cifar10-32x32.zip", "imagenet64": "datasets/imagenet-64x64.npz",
+        "imagenet512": "datasets/imagenet512-sd-latents"}
+#: what a CPU test sets where a recipe names a strategy this machine may lack (the dry run resolves it as is)
+ON_CPU = ["--set", "strategy.name=single"]
+#: shrink recipes/imagenet512.toml to a run of seconds on random latents
+TINY_512 = ["dataset.name=synthetic-latents", "dataset.shape=[4, 8, 8]", "dataset.num_labels=4", "dataset.num_items=16",
+            "backbone.depth=2", "backbone.hidden=32", "backbone.heads=2", "run.batch_size=4", "run.steps=2",
+            "run.log_every=1", "run.checkpoint_every=2", "run.sample_every=0", "method.init=\"\"",
+            "method.warmup_ratio_steps=1", "run.min_free_disk_gb=0.01", "strategy.name=single",
+            "loggers.tensorboard=false"]
+
+
+def registered(kind: str, name: str) -> bool:
+    return name in REGISTRY.names(kind)
+
+
+def dry_run(recipe: str, *args: str) -> dict[str, Any]:
+    res = CliRunner().invoke(train, [str(RECIPES / f"{recipe}.toml"), "--dry-run", *args])
+    assert res.exit_code == 0, res.output
+    return json.loads(res.output)
+
+
+@pytest.mark.parametrize("recipe", SCALE)
+def test_dry_run_resolves_and_names_the_data_path(recipe: str) -> None:
+    text = (RECIPES / f"{recipe}.toml").read_text()
+    base = recipe.removesuffix("-pretrain")
+    strategy = load_recipe_doc(recipe)["strategy"]["name"]
+    args = [] if registered("strategy", strategy) else ON_CPU
+    out = dry_run(recipe, *args)
+    assert out["config"]["dataset"]["path"] == DATA[base]
+    assert "YOU SUPPLY THIS" in text and "Expected cost" in text
+    assert out["plugins"]["dataset"]["plugin"] == "diffratio_builtins"
+
+
+def load_recipe_doc(recipe: str) -> dict[str, Any]:
+    import tomllib
+
+    return tomllib.loads((RECIPES / f"{recipe}.toml").read_text())
+
+
+def test_imagenet512_dry_run_from_the_command_line() -> None:
+    """The command of the issue, as a user types it (with the deepspeed strategy when it is registered)."""
+    extra = [] if registered("strategy", "deepspeed") else ON_CPU
+    res = run_cli("dr-train", str(RECIPES / "imagenet512.toml"), "--dry-run", *extra, timeout=120)
+    assert res.returncode == 0, res.stderr
+    config = json.loads(res.stdout)["config"]
+    assert config["dataset"]["name"] == "latents" and config["dataset"]["path"] == DATA["imagenet512"]
+    assert config["backbone"]["size"] == "XL" and config["backbone"]["attention"] == "sdpa"
+    if not extra:
+        assert config["strategy"] == {**config["strategy"], "name": "deepspeed", "zero_stage": 2, "precision": "bf16"}
+
+
+@pytest.mark.parametrize(("value", "match"), [
+    (None, r"datasets/imagenet512-sd-latents \(dataset\.path\) does not exist\. To prepare them from images with "
+           r"`python -m diffratio_builtins\.vae encode"),
+    ('""', r"dataset\.path is not set: give the latent shards of your data\. To prepare them .*vae encode"),
+], ids=["placeholder", "empty"])
+def test_imagenet512_without_data_says_how_to_prepare_latents(value: str | None, match: str, tmp_path: Path) -> None:
+    import re
+
+    args = [str(RECIPES / "imagenet512.toml"), "--run-dir", str(tmp_path / "run"),
+            *sets("strategy.name=single", "run.min_free_disk_gb=0.01", "loggers.tensorboard=false")]
+    if value is not None:
+        args += ["--set", f"dataset.path={value}"]
+    res = CliRunner().invoke(train, args)
+    assert res.exit_code == 2, res.output
+    assert re.search(match, res.output), res.output
+
+
+def test_imagenet512_trains_on_synthetic_latents_with_a_tiny_override(tmp_path: Path) -> None:
+    res = CliRunner().invoke(train, [str(RECIPES / "imagenet512.toml"), "--run-dir", str(tmp_path / "run"),
+                                     "--no-progress", *sets(*TINY_512)])
+    assert res.exit_code == 0, res.output
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["config"]["dataset"]["name"] == "synthetic-latents" and info["config"]["dataset"]["shape"] == [4, 8, 8]
+    assert (tmp_path / "run" / "checkpoints" / "latest").exists()
+
+
+@pytest.mark.parametrize(("recipe", "full", "encoder"), [
+    ("cifar10", 55.7, 22.5), ("imagenet64", 270.3, 111.2), ("imagenet512", 674.8, 337.5),
+])
+def test_network_sizes_match_the_recipe_comments(recipe: str, full: float, encoder: float) -> None:
+    """Built on the meta device from the resolved recipe: no memory, no time; the data set is not read."""
+    resolved = load_recipe(RECIPES / f"{recipe}.toml", ["strategy.name=single"], registry=REGISTRY)
+    backbone = resolved.components["backbone"]
+    shape = {"cifar10": (3, 32, 32), "imagenet64": (3, 64, 64), "imagenet512": (4, 64, 64)}[recipe]
+    labels = 10 if recipe == "cifar10" else 1000
+    with torch.device("meta"):
+        nets = [backbone.cls(backbone.config, data_shape=shape, num_labels=labels, mode=m) for m in ("full", "encoder")]
+    assert [round(count_parameters(n) / 1e6, 1) for n in nets] == [full, encoder]
+    assert f"{full:.1f}M" in (RECIPES / f"{recipe}.toml").read_text() or f"{round(full)}M" in (
+        RECIPES / f"{recipe}.toml").read_text()
+
+
+# --------------------------------------------------------------------------------------------------
+# benchmarks/throughput.py
+# --------------------------------------------------------------------------------------------------
+
+
+def throughput_module() -> Any:
+    spec = importlib.util.spec_from_file_location("throughput", ROOT / "benchmarks" / "throughput.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+TINY_BENCH = [a for s in TINY_512 if not s.startswith(("run.", "method.", "loggers.")) for a in ("--set", s)] + [
+    "--set", "run.batch_size=4"]
+
+
+def test_throughput_table_on_cpu(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tp = throughput_module()
+    out = tmp_path / "table.md"
+    code = tp.main([str(RECIPES / "imagenet512.toml"), "--steps", "2", "--warmup", "1", "--no-isolate", *TINY_BENCH,
+                    "--variant", "sdpa: backbone.attention=sdpa", "--out", str(out)])
+    assert code == 0
+    text = out.read_text()
+    assert text in capsys.readouterr().out
+    lines = [ln for ln in text.splitlines() if ln.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert header == list(tp.COLUMNS)
+    rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines[2:]]
+    assert [(r[0], r[1], r[2]) for r in rows] == [("sdpa", "diffratio", "4 x 1"), ("sdpa", "vsd", "4 x 1")]
+    for r in rows:
+        values = dict(zip(header, r, strict=True))
+        assert float(values["images/s"].replace(",", "")) > 0 and float(values["step ms"]) > 0
+        assert float(values["aux step ms"]) > 0 and float(values["generator step ms"]) > 0
+        assert float(values["TFLOP/step"]) > 0
+        assert values["peak GiB"] == "n/a" and values["MFU"] == "n/a"  # CPU: no GPU memory, no peak FLOP/s
+    assert "ratio" in rows[0][-1] and "teacher" in rows[1][-1]
+
+
+def test_throughput_row_in_a_child_process_writes_json(tmp_path: Path) -> None:
+    """The isolated mode's child (what each row runs as on a GPU), called in-process here to save a start-up."""
+    tp = throughput_module()
+    out = tmp_path / "row.json"
+    row = {"method": "vsd", "sets": [s for s in TINY_BENCH if s != "--set"]}
+    assert tp.main([str(RECIPES / "imagenet512.toml"), "--steps", "1", "--warmup", "0", "--row", json.dumps(row),
+                    "--row-out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["method"] == "vsd" and data["batch"] == 4 and data["flops_per_step"] > 0
+    assert data["strategy"]["name"] == "single"
+
+
+def test_throughput_maps_the_method_table() -> None:
+    tp = throughput_module()
+    source = {"name": "diffratio", "init": "runs/x", "ratio_steps": 2, "warmup_ratio_steps": 500, "ema_decay": 0.99,
+              "generator_optimizer": {"lr": 1e-5}, "ratio_optimizer": {"lr": 2e-5}}
+    assert tp.method_table(source, "vsd") == {
+        "name": "vsd", "init": "", "generator_optimizer": {"lr": 1e-5}, "ema_decay": 0.99,
+        "fake_optimizer": {"lr": 2e-5}, "fake_steps": 2, "warmup_fake_steps": 0}
+    assert tp.method_table(source, "diffratio")["warmup_ratio_steps"] == 0
+    assert tp.parse_variant("zero3: strategy.zero_stage=3 run.batch_size=16") == (
+        "zero3", ["strategy.zero_stage=3", "run.batch_size=16"])
