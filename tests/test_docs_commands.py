@@ -77,6 +77,30 @@ NOT_RUN: dict[str, tuple[str, str]] = {
                "checks dr-eval on small sets)"),
     "bash benchmarks/images_chain.sh mnist": (
         "gpu", "the pretraining and DiffRatio chain on a GPU (docs/results.md section 2)"),
+    # docs/scale.md: ImageNet, a VAE and GPUs; tests/test_latents.py runs the VAE tool with a stand-in autoencoder
+    "pip install diffusers safetensors": (
+        "download", "fetches from PyPI; tests/test_latents.py checks the message that names this install"),
+    "python -m diffratio_builtins.vae encode /data/imagenet/train datasets/imagenet512-sd-latents --vae "
+    "/models/sd-vae-ft-mse --resolution 512 --center-crop --precision bf16": (
+        "gpu", "needs ImageNet, a local copy of the VAE and hours of a GPU; tests/test_latents.py encodes images "
+               "through a stand-in autoencoder"),
+    "dr-sample runs/imagenet512 --num 50000 --out imagenet512-latents.npz": (
+        "gpu", "needs a trained ImageNet 512 run"),
+    "python -m diffratio_builtins.vae decode imagenet512-latents.npz imagenet512-images.npz --vae "
+    "/models/sd-vae-ft-mse --run runs/imagenet512 --grid imagenet512.png": (
+        "gpu", "needs a trained ImageNet 512 run and the VAE; tests/test_latents.py decodes with a stand-in"),
+    "torchrun --nproc_per_node 8 -m diffratio train recipes/imagenet512.toml --set "
+    "dataset.path=datasets/imagenet512-sd-latents": (
+        "gpu", "8 GPUs and the ImageNet latents; the dry run is run, tests/test_scale_recipes.py trains the recipe "
+               "on synthetic latents with a tiny network"),
+    "python benchmarks/throughput.py recipes/imagenet512.toml --steps 20 --set dataset.name=synthetic-latents "
+    "--variant 'b16: run.batch_size=16' --variant 'b32: run.batch_size=32' --out throughput-methods.md": (
+        "gpu", "DiT-XL/2 on one H100; the tiny CPU command above runs the same script"),
+    "python benchmarks/throughput.py recipes/imagenet512.toml --steps 20 --set dataset.name=synthetic-latents "
+    "--set run.batch_size=16 --methods diffratio --variant 'sdpa: backbone.attention=sdpa' --variant "
+    "'xformers: backbone.attention=xformers' --variant 'zero3: strategy.zero_stage=3' --out "
+    "throughput-backends.md": (
+        "gpu", "DiT-XL/2 on one H100 with DeepSpeed and xformers; the tiny CPU command above runs the same script"),
 }
 
 NOT_RUN_CATEGORIES = {"ci", "gpu", "download", "server", "environment"}
