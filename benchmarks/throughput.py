@@ -56,7 +56,7 @@ from diffratio.registry import default_registry
 
 METHODS = ("diffratio", "vsd")
 #: dense bf16 peak of one card, by a substring of torch.cuda.get_device_name()
-PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "A100": 312.0}
 COLUMNS = ("variant", "method", "batch", "images/s", "step ms", "aux step ms", "generator step ms", "other ms",
            "peak GiB", "TFLOP/step", "TFLOP/s", "MFU", "params (M)")
 AUX_STEP = {"diffratio": "ratio_step", "vsd": "fake_step"}
@@ -317,7 +317,8 @@ def table_row(variant: str, r: dict[str, Any]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def render(args: argparse.Namespace, rows: list[tuple[str, dict[str, Any]]]) -> str:
+def render(args: argparse.Namespace, rows: list[tuple[str, dict[str, Any]]],
+           variants: list[tuple[str, list[str]]]) -> str:
     ok = [r for _, r in rows if "error" not in r]
     first = ok[0] if ok else {}
     lines = [
@@ -327,7 +328,9 @@ def render(args: argparse.Namespace, rows: list[tuple[str, dict[str, Any]]]) -> 
         "",
         f"- device: {first.get('device', '?')} x {first.get('world_size', '?')}; torch {torch.__version__}; "
         f"MFU against {fmt(first.get('peak_tflops'), '.0f')} TFLOP/s dense bf16 per card",
-        f"- strategy: {json.dumps(first.get('strategy'))}; attention: {first.get('attention')}",
+        f"- strategy: {json.dumps(first.get('strategy'))}; attention: {first.get('attention')} (of the first row)",
+        "- variants: " + "; ".join(f"{label} = {' '.join(extra) or 'the recipe with the --set list'}"
+                                   for label, extra in variants),
         "- batch: per GPU x GPUs; images/s: generated images per second over all GPUs; aux step: the ratio "
         "estimator's step (diffratio) or the fake score's (vsd); the generator step includes the EMA update; "
         "other: the per-step finite check and gaps",
@@ -381,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
             sets = [*args.sets, *extra]
             rows.append((label, run_isolated(args, sets, method) if isolate else run_in_process(args, sets, method)))
     if main_rank:
-        text = render(args, rows)
+        text = render(args, rows, variants)
         print(text)
         if args.out is not None:
             args.out.parent.mkdir(parents=True, exist_ok=True)
