@@ -148,6 +148,12 @@ def test_relative_links_resolve() -> None:
     assert not dead, "dead links:\n" + "\n".join(dead)
 
 
+def test_index_lists_every_page() -> None:
+    linked = set(LINK.findall((DOCS / "index.md").read_text()))
+    missing = sorted(p.name for p in DOCS.glob("*.md") if p.name != "index.md" and p.name not in linked)
+    assert not missing, f"docs/index.md does not link these pages: {missing}"
+
+
 # --------------------------------------------------------------------------------------------------
 # docs/plugins.md
 # --------------------------------------------------------------------------------------------------
