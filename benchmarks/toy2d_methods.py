@@ -210,11 +210,12 @@ def write(args: argparse.Namespace, rows: list[dict[str, Any]], timings: dict[st
         w.writeheader()
         for r in rows:
             w.writerow({**r, "parameters": json.dumps(r["parameters"])})
+    process_min = sum(r["process_seconds"] for r in rows if not math.isnan(r["process_seconds"])) / 60
     lines = [f"<!-- written by: python benchmarks/toy2d_methods.py {' '.join(sys.argv[1:])} -->",
              f"Run on {time.strftime('%Y-%m-%d %H:%M')} ({platform.platform()}, {os.cpu_count()} CPUs shared with "
              f"other jobs, one torch thread per process, {args.jobs} training runs at a time), "
              f"this invocation {elapsed / 60:.1f} min (runs already in --runs are reused, not retrained); the "
-             f"training processes took {sum(r['process_seconds'] for r in rows if r['process_seconds'] == r['process_seconds']) / 60:.1f} "
+             f"training processes took {process_min:.1f} "
              f"min in all. Pretraining {args.pretrain_steps} steps; {args.steps} generator steps "
              "for every other row.", "",
              "| data | method | runs finished | energy distance (mean ± std over finished seeds) | floor | ED / floor "
