@@ -1,4 +1,4 @@
-"""The mathematics of docs/method.md against closed forms on Gaussians.
+"""The mathematics of docs/concepts.md against closed forms on Gaussians.
 
 For every built-in divergence, the gradient of the generator surrogate loss (computed with the exact log
 ratio, through ``diffratio.losses.generator_loss`` and the divergence's ``weight``) must equal the
@@ -208,7 +208,7 @@ def test_logistic_loss_minimiser_is_log_ratio(sigma: float) -> None:
 
 
 def test_weights_match_closed_forms() -> None:
-    """h(f) of the three named divergences, at a few logits, against docs/method.md's table."""
+    """h(f) of the three named divergences, at a few logits, against docs/concepts.md's table."""
     reg = default_registry()
     f = torch.tensor([-3.0, -0.5, 0.0, 0.7, 4.0])
     torch.testing.assert_close(reg.get("divergence", "reverse-kl").cls().weight(f), torch.ones(5))

@@ -1,7 +1,7 @@
 """Gaussian mixtures with exact noised densities: ground truth for the 2-D checks.
 
 A mixture convolved with N(0, sigma^2 I) is again a mixture (each covariance plus sigma^2 I), so the
-log density and the score of ``p_sigma`` are exact at every noise level (docs/method.md section 8).
+log density and the score of ``p_sigma`` are exact at every noise level (docs/concepts.md section 8).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Built-in divergences: the weight h(f) = r^2 F''(r), r = exp(-f), of docs/method.md section 3."""
+"""Built-in divergences: the weight h(f) = r^2 F''(r), r = exp(-f), of docs/concepts.md section 3."""
 
 from __future__ import annotations
 

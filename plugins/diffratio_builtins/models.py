@@ -14,7 +14,7 @@ from diffratio.edm import EDMDenoiser, c_noise
 
 
 class EDMGenerator(Generator):
-    """``g(z) = D(sigma_init * z, sigma_init)``: one evaluation of an EDM denoiser (docs/method.md §4)."""
+    """``g(z) = D(sigma_init * z, sigma_init)``: one evaluation of an EDM denoiser (docs/concepts.md §4)."""
 
     @attrs.frozen(kw_only=True)
     class Config:
