@@ -34,6 +34,7 @@ def _sha256(path: Path) -> str:
 
 
 def _fsync_dir(path: Path) -> None:
+    """fsync a folder (its entries) or a file (its data), ignoring what the file system refuses."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -67,36 +68,68 @@ def save_checkpoint(ckpt_root: str | Path, step: int, state: dict[str, Any], *, 
 
     ``extra_files`` maps more file names to objects saved beside ``state.pt`` (covered by the checksum).
     Keeps the ``keep`` newest checkpoints and deletes older ones after the new one is committed.
+    One process; ``begin_checkpoint``, ``write_files`` and ``commit_checkpoint`` are its steps, for
+    writers where several processes add files to the temporary folder (DeepSpeed).
     """
     root = Path(ckpt_root)
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / step_dir_name(step)
-    tmp = root / f".tmp-{step_dir_name(step)}-{os.getpid()}"
+    tmp = temp_folder(root, step, os.getpid())
+    try:
+        begin_checkpoint(tmp)
+        write_files(tmp, {STATE_FILE: state, **(extra_files or {})})
+        return commit_checkpoint(root, step, tmp, keep=keep)
+    except OSError as exc:
+        raise write_error(root, step, tmp, exc) from exc
+
+
+def temp_folder(ckpt_root: str | Path, step: int, token: int) -> Path:
+    """The temporary folder a checkpoint of ``step`` is written into (``token``: the writer's process id)."""
+    return Path(ckpt_root) / f".tmp-{step_dir_name(step)}-{token}"
+
+
+def begin_checkpoint(tmp: Path) -> None:
+    """Create the (empty) temporary folder of a checkpoint; raises ``OSError``."""
+    tmp.parent.mkdir(parents=True, exist_ok=True)
     if tmp.exists():
         shutil.rmtree(tmp)
-    try:
-        tmp.mkdir()
-        files = {STATE_FILE: state, **(extra_files or {})}
-        for name, obj in files.items():
-            with open(tmp / name, "wb") as fh:
-                torch.save(obj, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-        meta = {"step": step, "files": {name: _sha256(tmp / name) for name in files}}
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
-        _fsync_dir(tmp)
-        if final.exists():  # re-saving the same step (e.g. after a resume that did no step)
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync_dir(root)
-        write_atomic(root / LATEST, step_dir_name(step).encode())
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise CheckpointError(f"could not write the checkpoint of step {step} under {root}: {exc}. "
-                              "Earlier checkpoints are untouched; free disk space or fix permissions, "
-                              "then re-run the same command to resume.") from exc
+    tmp.mkdir()
+
+
+def write_files(tmp: Path, files: dict[str, Any]) -> None:
+    """``torch.save`` each object into ``tmp/<name>``, flushed to disk; raises ``OSError``."""
+    for name, obj in files.items():
+        with open(tmp / name, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def commit_checkpoint(ckpt_root: str | Path, step: int, tmp: Path, *, keep: int = 2) -> Path:
+    """Checksum every file under ``tmp`` into ``meta.json``, rename ``tmp`` to the step's folder, point
+    ``latest`` at it and prune old checkpoints; returns the folder. Raises ``OSError``."""
+    root = Path(ckpt_root)
+    final = root / step_dir_name(step)
+    paths = sorted(tmp.rglob("*"), reverse=True)  # deepest first: files, then the folders holding them
+    for f in paths:
+        _fsync_dir(f)  # what other writers (DeepSpeed, every rank) wrote without fsync reaches the disk
+    names = sorted(str(f.relative_to(tmp)) for f in paths if f.is_file())
+    meta = {"step": step, "files": {name: _sha256(tmp / name) for name in names}}
+    (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
+    _fsync_dir(tmp)
+    if final.exists():  # re-saving the same step (e.g. after a resume that did no step)
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(root)
+    write_atomic(root / LATEST, step_dir_name(step).encode())
     _prune(root, keep)
     return final
+
+
+def write_error(ckpt_root: str | Path, step: int, tmp: Path, exc: BaseException) -> CheckpointError:
+    """Remove the temporary folder of a failed write; the error to raise, naming step, folder and cause."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    return CheckpointError(f"could not write the checkpoint of step {step} under {ckpt_root}: {exc}. "
+                           "Earlier checkpoints are untouched; free disk space or fix permissions, "
+                           "then re-run the same command to resume.")
 
 
 def _prune(root: Path, keep: int) -> None:
@@ -172,11 +205,12 @@ def find_latest(ckpt_root: str | Path) -> Path | None:
     return None
 
 
-def load_state(path: str | Path, name: str = STATE_FILE, map_location: Any = "cpu") -> Any:
-    """Load one file of a verified checkpoint folder (or a plain ``.pt`` file)."""
+def load_state(path: str | Path, name: str = STATE_FILE, map_location: Any = "cpu", *, verify: bool = True) -> Any:
+    """Load one file of a verified checkpoint folder (or a plain ``.pt`` file); ``verify=False`` skips
+    the checksums (of a folder that ``find_latest`` has just verified)."""
     p = Path(path)
     if p.is_dir():
-        problem = verify_checkpoint(p)
+        problem = verify_checkpoint(p) if verify else None
         if problem is not None:
             raise CheckpointError(f"checkpoint {p} cannot be used: {problem}")
         p = p / name
