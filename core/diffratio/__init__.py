@@ -22,6 +22,8 @@ from diffratio.components import (
     Trainable,
     append_dims,
     count_parameters,
+    full_parameters,
+    plain_copy,
 )
 from diffratio.errors import (
     CheckpointError,
@@ -51,8 +53,8 @@ __version__ = "0.1.0"
 __all__ = [
     "Backbone", "Component", "Dataset", "Divergence", "EmptyConfig", "EvalContext", "Generator", "Logger",
     "Method", "Metric", "NoiseSchedule", "OptimizerConfig", "RatioEstimator", "Strategy", "Trainable",
-    "append_dims", "count_parameters", "CheckpointError", "DataError", "DiffRatioError",
-    "MissingDependencyError", "PluginError", "RecipeError", "BackboneSpec", "ComponentSpec", "DatasetSpec",
-    "DivergenceSpec", "GeneratorSpec", "LoggerSpec", "MethodSpec", "MetricSpec", "RatioSpec",
+    "append_dims", "count_parameters", "full_parameters", "plain_copy", "CheckpointError", "DataError",
+    "DiffRatioError", "MissingDependencyError", "PluginError", "RecipeError", "BackboneSpec", "ComponentSpec",
+    "DatasetSpec", "DivergenceSpec", "GeneratorSpec", "LoggerSpec", "MethodSpec", "MetricSpec", "RatioSpec",
     "ScheduleSpec", "StrategySpec", "hookimpl", "__version__",
 ]

@@ -9,9 +9,12 @@ The kinds and their roles are listed in ``KINDS``; docs/architecture.md explains
 
 from __future__ import annotations
 
+import copy
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
@@ -274,6 +277,15 @@ class Trainable(ABC):
     @abstractmethod
     def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
 
+    def save_files(self, folder: Path) -> None:
+        """Write state that ``state_dict`` does not hold into ``folder`` (DeepSpeed's own sharded
+        checkpoint); every rank calls it. Nothing by default."""
+        return None
+
+    def load_files(self, folder: Path) -> None:
+        """Read back what ``save_files`` wrote (after ``load_state_dict``); every rank calls it."""
+        return None
+
     def parameters(self) -> Iterator[nn.Parameter]:
         return self.raw.parameters()
 
@@ -321,6 +333,32 @@ class Strategy(Component, ABC):
     def all_reduce_mean(self, values: dict[str, float]) -> dict[str, float]:
         """Average logged scalars over ranks (identity on one process)."""
         return values
+
+    def max_over_ranks(self, values: Sequence[float]) -> list[float]:
+        """Elementwise maximum over ranks (identity on one process): how ranks agree on flags (a
+        non-finite step, a stop request, a failed write) so that all of them skip, save or stop together."""
+        return [float(v) for v in values]
+
+    def gather_object(self, obj: Any) -> list[Any] | None:
+        """Every rank's ``obj`` (picklable), in rank order, on the main rank; None on the others."""
+        return [obj]
+
+    def broadcast_object(self, obj: Any) -> Any:
+        """The main rank's ``obj`` on every rank (``obj`` of the other ranks is ignored)."""
+        return obj
+
+    def save_files(self, folder: Path) -> None:
+        """Write the state the strategy keeps outside ``Trainable.state_dict`` (DeepSpeed's own checkpoints)
+        into a checkpoint's temporary folder; every rank calls it at the same step. Nothing by default."""
+
+    def load_files(self, folder: Path) -> None:
+        """Read back what ``save_files`` wrote, after the method's state dict is loaded; every rank calls it."""
+
+    #: whether a checkpoint may be resumed with another number of processes
+    resizable: ClassVar[bool] = True
+
+    def close(self) -> None:
+        """Release what the strategy started (a process group) at the end of a run."""
 
     def autocast(self) -> Any:
         """Context manager for mixed precision on this strategy's device."""
@@ -404,8 +442,49 @@ KINDS: dict[str, type[Component]] = {
 
 
 def count_parameters(module: nn.Module) -> int:
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+    """Number of trainable parameters (their full size where DeepSpeed ZeRO-3 partitions them)."""
+    return sum(getattr(p, "ds_numel", p.numel()) for p in module.parameters() if p.requires_grad)
+
+
+@contextmanager
+def full_parameters(module: nn.Module, modify: bool = False) -> Iterator[nn.Module]:
+    """``module`` with its full parameters, for use outside forward passes (an EMA update, a copy, export).
+
+    DeepSpeed ZeRO-3 partitions parameters across ranks (each holds an empty tensor and a shard): here
+    they are gathered on every rank, and re-partitioned on exit (with ``modify``, the main rank's changes
+    are kept). Every rank must enter the block together. Elsewhere this is a no-op.
+    """
+    partitioned = [p for p in module.parameters() if hasattr(p, "ds_id")]
+    if not partitioned:
+        yield module
+        return
+    import deepspeed  # only ZeRO-3 parameters carry ds_id, so DeepSpeed is installed
+
+    with deepspeed.zero.GatheredParameters(partitioned, modifier_rank=0 if modify else None):
+        yield module
+
+
+def plain_copy(module: nn.Module) -> nn.Module:
+    """A deep copy of ``module`` with full, plain parameters and without the hooks DeepSpeed installs on
+    the modules it manages; for an EMA or an exported network. Every rank must call it together."""
+    with full_parameters(module):
+        memo: dict[int, Any] = {}
+        for p in module.parameters():  # ZeRO-3 parameters carry shards and handles: copy only the values
+            if hasattr(p, "ds_id"):
+                memo[id(p)] = nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad)
+        for m in module.modules():
+            for attr in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks"):
+                hooks = getattr(m, attr, None)
+                if hooks and any(_is_deepspeed(h) for h in hooks.values()):
+                    memo[id(hooks)] = type(hooks)((k, copy.deepcopy(h, memo)) for k, h in hooks.items()
+                                                  if not _is_deepspeed(h))
+            if type(m._parameters) is not dict and any(id(p) in memo for p in m._parameters.values()):
+                memo[id(m._parameters)] = {k: memo.get(id(p), p) for k, p in m._parameters.items()}
+        return copy.deepcopy(module, memo)
+
+
+def _is_deepspeed(hook: Any) -> bool:
+    return getattr(hook, "__module__", "").startswith("deepspeed")
 
 
 def append_dims(x: Tensor, ndim: int) -> Tensor:

@@ -31,8 +31,8 @@ the component stores its config as ``self.config``. Per kind:
   its parameters frozen (as in the generator step); ``init_from_denoiser`` copies what it reports.
 - dataset: shapes, dtypes, labels in range, finite values, the same data for the same config.
 - metric: finite named values, the same under the same seed.
-- strategy: a prepared model trains, a step with a non-finite loss is skipped, and the state dict
-  restores model and optimiser exactly.
+- strategy: a prepared model trains, a step with a non-finite loss is skipped, and the state dict (with
+  the files of ``Trainable.save_files``, DeepSpeed's own checkpoint) restores model and optimiser exactly.
 - logger: scalars, an image and text are accepted; lifecycle methods accept the hook's arguments.
 - method: a few training steps on a tiny run give finite scalars, the same under the same seed; the
   state dict survives ``torch.load(weights_only=True)`` and a run rebuilt from it continues exactly.
@@ -47,6 +47,7 @@ import inspect
 import io
 import json
 import math
+import shutil
 import tempfile
 import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -72,6 +73,7 @@ from diffratio.components import (
     RatioEstimator,
     Strategy,
     Trainable,
+    full_parameters,
 )
 from diffratio.edm import EDMDenoiser, c_noise
 
@@ -722,6 +724,10 @@ def check_strategy(cls: type, config: Any = None) -> None:
         with _seeded(0):
             return strat.prepare(name, nn.Linear(3, 2), optim)
 
+    def weights(t: Trainable) -> dict[str, Tensor]:
+        with full_parameters(t.raw):  # gathered where the strategy partitions them (ZeRO-3)
+            return {k: v.detach().clone() for k, v in t.raw.state_dict().items()}
+
     def train(t: Trainable) -> dict[str, Any]:
         with strat.autocast():
             loss = t.module(x).float().pow(2).mean()
@@ -730,29 +736,32 @@ def check_strategy(cls: type, config: Any = None) -> None:
 
     a = prepare("conformance-a")
     rep.require(isinstance(a, Trainable), f"prepare must return a diffratio.Trainable, got {type(a).__name__}")
-    before = copy.deepcopy(a.raw.state_dict())
+    before = weights(a)
     out = train(a)
     rep.require(isinstance(out, dict), f"Trainable.step must return a dict of diagnostics, got {type(out).__name__}")
-    rep.require(bool(_state_equal(before, a.raw.state_dict())), "a training step did not change the parameters")
+    rep.require(bool(_state_equal(before, weights(a))), "a training step did not change the parameters")
     leftover = [n for n, p in a.raw.named_parameters() if p.grad is not None and bool(p.grad.ne(0).any())]
     rep.require(not leftover, f"Trainable.step must zero the gradients; still set: {leftover}")
     rep.require(bool(a.last_step_ok), "last_step_ok must be true after a step with finite loss and gradients")
     state = copy.deepcopy(a.state_dict())
+    folder = Path(strat.broadcast_object(tempfile.mkdtemp(prefix="diffratio-strategy-") if strat.is_main else None))
+    a.save_files(folder / "a")  # state kept outside the state dict (DeepSpeed's own checkpoint)
     b = prepare("conformance-b")
     b.load_state_dict(state)
-    rep.require(not _state_equal(a.raw.state_dict(), b.raw.state_dict()), "load_state_dict did not restore the model")
+    b.load_files(folder / "a")
+    rep.require(not _state_equal(weights(a), weights(b)), "load_state_dict did not restore the model")
     # a step whose loss is not finite is skipped: no update, last_step_ok false, optimiser state untouched
-    before = copy.deepcopy(a.raw.state_dict())
+    before = weights(a)
     with strat.autocast():
         loss = a.module(x).float().pow(2).mean() * float("nan")
     a.backward(loss)
     a.step()
-    rep.require(not _state_equal(before, a.raw.state_dict()), "a step with a non-finite loss changed the parameters "
+    rep.require(not _state_equal(before, weights(a)), "a step with a non-finite loss changed the parameters "
                 "(Trainable.step must skip it)")
     rep.require(not bool(a.last_step_ok), "last_step_ok must be false after a step with a non-finite loss")
     train(a)
     train(b)
-    rep.require(not _state_equal(a.raw.state_dict(), b.raw.state_dict()),
+    rep.require(not _state_equal(weights(a), weights(b)),
                 "after load_state_dict (and a skipped step) the next step differs: the optimiser state is not "
                 "restored, or the skipped step changed it")
     reduced = strat.all_reduce_mean({"value": 1.5})
@@ -760,6 +769,8 @@ def check_strategy(cls: type, config: Any = None) -> None:
     if strat.world_size == 1:
         rep.require(reduced["value"] == 1.5, "all_reduce_mean on one process must be the identity")
     strat.barrier()
+    if strat.is_main:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _hook_arguments() -> dict[str, list[str]]:

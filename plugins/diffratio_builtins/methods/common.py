@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
 from torch import nn
 
-from diffratio import DiffRatioError
+from diffratio import DiffRatioError, full_parameters, plain_copy
 from diffratio.checkpoint import load_pretrained_denoiser
 
 
 def make_ema(module: nn.Module) -> nn.Module:
-    """A frozen copy of ``module`` to hold the exponential moving average of its weights."""
-    ema = copy.deepcopy(module).eval()
+    """A frozen copy of ``module`` to hold the exponential moving average of its weights: a full, plain
+    copy on every rank, also where a strategy partitions or hooks ``module`` (DeepSpeed)."""
+    ema = plain_copy(module).eval()
     ema.requires_grad_(False)
     return ema
 
@@ -31,11 +31,12 @@ def update_ema(ema: nn.Module, module: nn.Module, decay: float, step: int) -> No
     """``ema = d * ema + (1 - d) * module`` for parameters with ``d = ema_decay_at(decay, step)``;
     buffers are copied."""
     d = ema_decay_at(decay, step)
-    ema_p = [p for p in ema.parameters()]
-    src_p = [p.detach() for p in module.parameters()]
-    torch._foreach_lerp_(ema_p, src_p, 1.0 - d)
-    for b_ema, b in zip(ema.buffers(), module.buffers(), strict=True):
-        b_ema.copy_(b)
+    with full_parameters(module):  # gathered where DeepSpeed ZeRO-3 partitions them
+        ema_p = [p for p in ema.parameters()]
+        src_p = [p.detach() for p in module.parameters()]
+        torch._foreach_lerp_(ema_p, src_p, 1.0 - d)
+        for b_ema, b in zip(ema.buffers(), module.buffers(), strict=True):
+            b_ema.copy_(b)
 
 
 @contextmanager

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -62,6 +63,7 @@ class LocalTrainable(Trainable):
         ok = torch.isfinite(norm)
         if self.loss_finite is not None:
             ok = ok & self.loss_finite
+        ok = self.agree(ok)
         if self.cfg.grad_clip > 0:
             torch.nn.utils.clip_grads_with_norm_(self.params, self.cfg.grad_clip, norm, foreach=True)
         # decided on the device: the fused optimiser leaves parameters and state alone when found_inf is 1
@@ -72,12 +74,19 @@ class LocalTrainable(Trainable):
         self.last_step_ok = ok
         return {"grad_norm": norm}
 
+    def agree(self, ok: Tensor) -> Tensor:
+        """The step's "finite" flag as all ranks see it (here: one process, the flag itself)."""
+        return ok
+
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.raw.state_dict(), "optimizer": self.optimizer.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Model and optimiser; a state without optimiser (the consolidated weights that a ``deepspeed``
+        checkpoint's ``state.pt`` holds) loads the model only, which is what sampling needs."""
         self.raw.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if "optimizer" in state:
+            self.optimizer.load_state_dict(state["optimizer"])
 
 
 class SingleDevice(Strategy):
@@ -94,6 +103,10 @@ class SingleDevice(Strategy):
 
     def __init__(self, config: Config | None = None) -> None:
         super().__init__(config)
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise DiffRatioError(f"strategy 'single' in one of {os.environ['WORLD_SIZE']} launched processes "
+                                 "(WORLD_SIZE): each would train alone into the same run directory; use "
+                                 "strategy.name = \"ddp\" or \"deepspeed\" under torchrun")
         self._device = resolve_device(self.config.device)
         if self.config.threads > 0:
             torch.set_num_threads(self.config.threads)
