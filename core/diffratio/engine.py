@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -72,20 +72,30 @@ class NonFiniteGuard:
 
     def check(self, step: int, scalars: Mapping[str, Tensor | float]) -> bool:
         """Record ``step`` from its scalars (0-d tensors or floats); True when it completes ``limit`` bad
-        steps in a row. One sum is read: it is finite when every scalar is (an overflow past 3e38 is a
-        blow-up too), which costs the loop's one host synchronisation per step and little else."""
+        steps in a row. One process; with several, ``record`` takes the flag all ranks agreed on."""
+        return self.record(step, scalars, self.finite(scalars))
+
+    @staticmethod
+    def finite(scalars: Mapping[str, Tensor | float]) -> bool:
+        """Whether every scalar is finite. One sum is read: it is finite when every scalar is (an overflow
+        past 3e38 is a blow-up too), which costs the loop's one host synchronisation per step and little else."""
         tensors = [v for v in scalars.values() if isinstance(v, Tensor)]
         total = sum(v for v in scalars.values() if not isinstance(v, Tensor))
         if tensors:
             total += float(torch.stack(tensors).sum())
-        if math.isfinite(total):
+        return math.isfinite(total)
+
+    def record(self, step: int, scalars: Mapping[str, Tensor | float], finite: bool) -> bool:
+        """Count ``step`` as good or bad (``finite``: of every rank); True when it completes ``limit`` bad
+        steps in a row."""
+        if finite:
             self.streak = 0
             return False
         self.skipped += 1
         self.streak += 1
         if self.streak == 1:
             bad = ", ".join(f"{k} = {float(v)}" for k, v in scalars.items() if not math.isfinite(float(v)))
-            self.first_bad = f"{bad} at step {step}"
+            self.first_bad = f"{bad or 'a scalar of another rank'} at step {step}"
         return self.streak >= self.limit
 
     def error(self, step: int, ckpt_root: Path) -> Diverged:
@@ -124,7 +134,7 @@ class DataSampler:
         return {"rng": self.gen.get_state()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.gen.set_state(state["rng"])
+        self.gen.set_state(state["rng"].cpu())
 
 
 class RunContext:
@@ -222,9 +232,39 @@ def rng_state(device: torch.device) -> dict[str, Any]:
 
 
 def set_rng_state(state: Mapping[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
+    """Restore ``rng_state``'s states (CPU byte tensors, wherever the checkpoint was mapped to)."""
+    torch.set_rng_state(state["torch"].cpu())
     if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+
+
+def on_main(strategy: Strategy, fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` on the main rank only and hand its result to every rank; when it raises, every rank
+    raises (the main rank its own error, the others a ``DiffRatioError`` quoting it)."""
+    result, error = None, None
+    if strategy.is_main:
+        try:
+            result = fn()
+        except Exception as exc:  # every rank must leave the broadcast below, whatever went wrong
+            error = exc
+    if strategy.world_size > 1:
+        result, message = strategy.broadcast_object((result, None if error is None else str(error)))
+        if message is not None and error is None:
+            raise DiffRatioError(f"stopped because the main rank (rank 0) failed: {message}")
+    if error is not None:
+        raise error
+    return result
+
+
+def rank_state(state: Mapping[str, Any], strategy: Strategy) -> Mapping[str, Any] | None:
+    """This rank's data sampler and RNG states in a checkpoint, or None when it was written by another
+    number of processes and this rank had no counterpart (rank 0 always has one)."""
+    saved = int(state.get("world_size", 1))
+    if saved == strategy.world_size:
+        return state["ranks"][strategy.rank] if saved > 1 else state
+    if "ranks" in state and strategy.rank < saved:
+        return state["ranks"][strategy.rank]
+    return state if strategy.rank == 0 else None
 
 
 def finite_mean(values: list[Tensor | float]) -> float:
@@ -347,10 +387,16 @@ def default_run_dir(recipe: Recipe) -> Path:
     return Path("runs") / recipe.settings.name
 
 
-def build_run(recipe: Recipe, run_dir: Path, registry: Registry) -> Run:
-    """Build strategy, data, method, loggers and metrics; no checkpoint is read here."""
+def build_strategy(recipe: Recipe) -> Strategy:
+    """The recipe's strategy; distributed ones join their process group here."""
+    comp = recipe.components["strategy"]
+    return comp.cls(comp.config)
+
+
+def build_run(recipe: Recipe, run_dir: Path, registry: Registry, strategy: Strategy | None = None) -> Run:
+    """Build data, method, loggers and metrics (and the strategy unless given); no checkpoint is read here."""
     comps = recipe.components
-    strategy: Strategy = comps["strategy"].cls(comps["strategy"].config)
+    strategy = strategy if strategy is not None else build_strategy(recipe)
     torch.manual_seed(recipe.settings.seed * 7919 + strategy.rank)
     dataset: Dataset = comps["dataset"].cls(comps["dataset"].config).to(strategy.device)
     ctx = RunContext(recipe, strategy, dataset, run_dir, registry)
@@ -439,23 +485,45 @@ def training_loop(
     registry: Registry,  # plugin registry (components and lifecycle hooks)
     progress: bool = True,  # show a progress bar (main rank only)
 ) -> Run:
-    """Train ``recipe`` in ``run_dir``, resuming from its latest checkpoint; return the finished run."""
+    """Train ``recipe`` in ``run_dir``, resuming from its latest checkpoint; return the finished run.
+
+    With several processes (``ddp``, ``deepspeed``) every rank runs this function; the main rank alone
+    prepares the run directory, logs, samples, evaluates and commits checkpoints, and the ranks agree at
+    every step on whether it was finite and whether to stop, so that all of them skip, save and stop at
+    the same step.
+    """
     s = recipe.settings
-    latest = prepare_run_dir(recipe, run_dir, registry)
-    run = build_run(recipe, run_dir, registry)
-    strategy, method, ctx = run.ctx.strategy, run.method, run.ctx
+    strategy = build_strategy(recipe)
     main = strategy.is_main
+    latest = on_main(strategy, lambda: prepare_run_dir(recipe, run_dir, registry))
+    run = build_run(recipe, run_dir, registry, strategy)
+    method, ctx = run.method, run.ctx
 
     guard = NonFiniteGuard(s.max_nonfinite_steps)
 
-    # Resume: every stateful object comes back by name.
+    # Resume: every stateful object comes back by name (the main rank has verified the checkpoint).
     if latest is not None:
-        state = ckpt.load_state(latest, map_location=strategy.device)
+        state = ckpt.load_state(latest, map_location="cpu", verify=False)
+        saved_ranks = int(state.get("world_size", 1))
+        if saved_ranks != strategy.world_size and not strategy.resizable:
+            raise DiffRatioError(f"{latest} was written by {saved_ranks} processes; strategy "
+                                 f"{recipe.components['strategy'].name!r} shards its state per process and "
+                                 f"cannot resume it with {strategy.world_size}. Launch {saved_ranks} processes.")
         method.load_state_dict(state["method"])
-        ctx.sampler.load_state_dict(state["data"])
-        set_rng_state(state["rng"], strategy.device)
+        strategy.load_files(latest)
+        own = rank_state(state, strategy)
+        if own is not None:
+            ctx.sampler.load_state_dict(own["data"])
+            set_rng_state(own["rng"], strategy.device)
+        else:  # a rank the checkpoint did not have: fresh streams, distinct from every earlier one
+            torch.manual_seed(s.seed * 7919 + strategy.rank + 104_729 * int(state["step"]))
+            ctx.sampler.gen.manual_seed(s.seed * 1000 + strategy.rank + 1 + 104_729 * int(state["step"]))
+        if saved_ranks != strategy.world_size and main:
+            print(f"resuming a checkpoint of {saved_ranks} processes with {strategy.world_size}: the models and "
+                  "optimisers continue; ranks without a counterpart draw data and noise from new seeds", flush=True)
         guard.load_state_dict(state.get("nonfinite", {}))
         run.step, run.train_seconds = int(state["step"]), float(state.get("train_seconds", 0.0))
+        del state
 
     counts = record_parameter_counts(run)
     if main:
@@ -465,29 +533,63 @@ def training_loop(
               f"{strategy.world_size} x {strategy.device}; parameters: {params}; {where}; run dir {run_dir}",
               flush=True)
     registry.emit("diffratio_on_run_start", extra=run.loggers, run=run)
+    tmp_token = strategy.broadcast_object(os.getpid())  # names the temporary folder all ranks write into
 
     def save() -> Path:
-        """Checkpoint on the main rank (strategies with sharded state save through method.state_dict)."""
-        state = {"step": run.step, "train_seconds": run.train_seconds, "method": method.state_dict(),
-                 "data": ctx.sampler.state_dict(), "rng": rng_state(strategy.device),
-                 "nonfinite": guard.state_dict()}
-        path = run_dir / "checkpoints" / ckpt.step_dir_name(run.step)
+        """Write the checkpoint of this step; every rank calls it at the same step.
+
+        The main rank creates the temporary folder, every rank adds the strategy's own files (DeepSpeed),
+        the main rank adds ``state.pt`` (with every rank's data sampler and RNG states) and commits. The
+        ranks agree after each phase, so a failure anywhere stops all of them with ``CheckpointError``.
+        """
+        root = run_dir / "checkpoints"
+        own = {"data": ctx.sampler.state_dict(), "rng": rng_state(strategy.device)}
+        ranks = strategy.gather_object(own)
+        state = {"step": run.step, "train_seconds": run.train_seconds, "method": method.state_dict(), **own,
+                 "nonfinite": guard.state_dict(), "world_size": strategy.world_size}
+        if strategy.world_size > 1:
+            state["ranks"] = ranks
+        tmp = ckpt.temp_folder(root, run.step, tmp_token)
+
+        def agreed(phase: Callable[[], Any]) -> Any:
+            result, error = None, None
+            try:
+                result = phase()
+            except Exception as exc:  # decided below, together with the other ranks
+                error = exc
+            if strategy.max_over_ranks([error is not None])[0]:
+                if error is not None and not isinstance(error, OSError):
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    raise error
+                raise ckpt.write_error(root, run.step, tmp, error or OSError(
+                    "another rank could not write its part (see its error)"))
+            return result
+
+        def write() -> None:
+            strategy.save_files(tmp)
+            if main:
+                ckpt.write_files(tmp, {ckpt.STATE_FILE: state})
+
+        agreed(lambda: ckpt.begin_checkpoint(tmp) if main else None)
+        agreed(write)
+        agreed(lambda: ckpt.commit_checkpoint(root, run.step, tmp, keep=s.keep_checkpoints) if main else None)
+        path = root / ckpt.step_dir_name(run.step)
         if main:
-            ckpt.save_checkpoint(run_dir / "checkpoints", run.step, state, keep=s.keep_checkpoints)
             registry.emit("diffratio_on_checkpoint", extra=run.loggers, run=run, step=run.step, path=str(path))
-        strategy.barrier()
         return path
 
     def log_samples() -> None:
+        """A picture of current samples (main rank; its randomness is forked from training's)."""
         image = visualize(run)
-        if image is not None and main:
+        if image is not None:
             save_png(image, run_dir / "samples" / f"step-{run.step:09d}.png")
             for lg in run.loggers:
                 lg.log_image(run.step, "samples", image)
 
     def log_evaluation() -> None:
+        """The recipe's metrics (main rank; the other ranks wait at the next step's collectives)."""
         results = evaluate(run)
-        if results and main:
+        if results:
             line = {"step": run.step, "train_seconds": round(run.train_seconds, 3), **results}
             with open(run_dir / "metrics.jsonl", "a") as fh:
                 fh.write(json.dumps(line) + "\n")
@@ -498,6 +600,7 @@ def training_loop(
         bar.close()
         registry.emit("diffratio_on_run_end", extra=run.loggers, run=run, step=run.step)
         _close(run)
+        strategy.close()
 
     bar = _progress_bar(run.step, s.steps, enabled=progress and main)
     pending: dict[str, list[Tensor | float]] = {}
@@ -508,7 +611,10 @@ def training_loop(
             t0 = time.perf_counter()
             scalars = method.train_step(run.step)
             run.step += 1
-            diverged = guard.check(run.step, scalars)  # count a step with non-finite scalars (it was skipped)
+            # one agreement per step: was it finite on every rank, and has any rank been asked to stop?
+            bad, stop_signal = strategy.max_over_ranks([not guard.finite(scalars), signals[0] if signals else 0])
+            stop_signal = int(stop_signal)
+            diverged = guard.record(run.step, scalars, finite=not bad)  # a non-finite step was skipped
             run.train_seconds += time.perf_counter() - t0
             if diverged:
                 stop()
@@ -533,17 +639,17 @@ def training_loop(
                     bar.set_postfix_str(" ".join(f"{k}={v:.4g}" for k, v in values.items()), refresh=False)
                     bar.update(run.step - bar.n)
                 registry.emit("diffratio_on_step_end", extra=run.loggers, run=run, step=run.step, scalars=values)
-            if s.sample_every and run.step % s.sample_every == 0 and not last:
+            if main and s.sample_every and run.step % s.sample_every == 0 and not last:
                 log_samples()
-            if s.eval_every and run.step % s.eval_every == 0 and not last:
+            if main and s.eval_every and run.step % s.eval_every == 0 and not last:
                 log_evaluation()
             checkpoint_due = checkpoint_due or run.step % s.checkpoint_every == 0
-            if (checkpoint_due and guard.streak == 0) or last or signals:
+            if (checkpoint_due and guard.streak == 0) or last or stop_signal:
                 path = save()
                 checkpoint_due = False
-            if signals:
+            if stop_signal:
                 stop()
-                raise Interrupted(signals[0], run.step, path)
+                raise Interrupted(stop_signal, run.step, path)
     bar.close()
 
     if main:
@@ -553,6 +659,7 @@ def training_loop(
               flush=True)
     registry.emit("diffratio_on_run_end", extra=run.loggers, run=run, step=run.step)
     _close(run)
+    strategy.close()
     return run
 
 

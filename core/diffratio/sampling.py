@@ -22,7 +22,7 @@ from diffratio import checkpoint as ckpt
 from diffratio.components import Generator, RatioEstimator
 from diffratio.engine import Run, build_run
 from diffratio.errors import DiffRatioError
-from diffratio.recipe import Recipe, resolve_recipe
+from diffratio.recipe import Recipe, Resolved, resolve_recipe
 from diffratio.registry import Registry, default_registry
 from diffratio.verifier import DEFAULT_VERIFIER_SIGMA, Select, run_verifier, sample_with_verifier
 from diffratio.visualize import image_grid, save_png, scatter_image
@@ -39,6 +39,13 @@ def _build_for_sampling(config: dict[str, Any], text: str, source: str, run_dir:
     if attrs.has(type(method.config)) and "init" in attrs.fields_dict(type(method.config)):
         # the checkpoint holds the trained weights; the pretraining source is not needed again
         recipe.components["method"] = attrs.evolve(method, config=attrs.evolve(method.config, init=""))
+    strategy = recipe.components["strategy"]
+    if strategy.name != "single":
+        # a run trained by several processes (ddp, deepspeed) samples in one: state.pt holds full weights
+        single = registry.get("strategy", "single").cls
+        keep = {k: getattr(strategy.config, k) for k in ("device", "precision") if hasattr(strategy.config, k)}
+        recipe.components["strategy"] = Resolved(kind="strategy", name="single", cls=single,
+                                                 config=single.Config(**keep))
     # sampling logs nothing: no tensorboard event files are added to the run directory
     recipe = attrs.evolve(recipe, loggers={})
     return build_run(recipe, run_dir, registry)
