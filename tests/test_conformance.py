@@ -4,6 +4,8 @@ checks catch broken components (each mutant below breaks one rule and must be re
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import typing
 import warnings
 from pathlib import Path
@@ -69,8 +71,9 @@ def test_every_builtin_kind_and_name_is_covered() -> None:
     covered = {
         "backbone": set(TINY_BACKBONES), "generator": {"edm"}, "ratio": {"classifier"},
         "divergence": set(REGISTRY.names("divergence")), "schedule": set(REGISTRY.names("schedule")),
-        "dataset": set(DATASET_CASES), "metric": {"energy-distance", "fid", "fcd"}, "strategy": {"single"},
-        "logger": {"console", "tensorboard"}, "method": {"diffratio", "edm", "vsd"},
+        "dataset": set(DATASET_CASES), "metric": {"energy-distance", "fid", "fcd"},
+        "strategy": {"single", "ddp", "deepspeed"}, "logger": {"console", "tensorboard"},
+        "method": {"diffratio", "edm", "vsd"},
     }
     missing = {k: sorted(set(REGISTRY.names(k)) - covered[k]) for k in covered}
     assert not any(missing.values()), f"built-ins without a conformance case: {missing}"
@@ -262,6 +265,31 @@ def test_metric_fid_with_a_small_stand_in_network(tmp_path: Path) -> None:
 
 def test_strategy_single() -> None:
     check_component("strategy", cls_of("strategy", "single"), config("strategy", "single", device="cpu"))
+
+
+def test_strategy_ddp() -> None:
+    """One process without a launcher (a group of one); 2 processes: tests/test_strategies_dist.py."""
+    joined = not torch.distributed.is_initialized()
+    try:
+        check_component("strategy", cls_of("strategy", "ddp"), config("strategy", "ddp", device="cpu"))
+    finally:
+        if joined and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def test_strategy_deepspeed() -> None:
+    """One process, ZeRO-3 (the stage that partitions the weights). In a child process: DeepSpeed keeps its
+    process group until the process ends, and later tests fork this one."""
+    pytest.importorskip("deepspeed", reason="pip install 'diffratio[deepspeed]'")
+    code = ("import torch; torch.set_num_threads(1)\n"
+            "from diffratio.recipe import converter\n"
+            "from diffratio.testing import check_component\n"
+            "from diffratio_builtins.strategies.deepspeed import DeepSpeed\n"
+            "config = converter.structure({'device': 'cpu', 'zero_stage': 3}, DeepSpeed.Config)\n"
+            "check_component('strategy', DeepSpeed, config)\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-4000:]
 
 
 @pytest.mark.parametrize("name", ["console", "tensorboard"])

@@ -114,6 +114,11 @@ def diffratio_strategies() -> Iterator[ComponentSpec]:
     from diffratio_builtins.strategies import single
 
     yield StrategySpec(name="single", cls=single.SingleDevice, description="one process, CPU or one GPU")
+    from diffratio_builtins.strategies import ddp, deepspeed
+
+    yield StrategySpec(name="ddp", cls=ddp.DDP, description="DistributedDataParallel over torchrun processes")
+    yield StrategySpec(name="deepspeed", cls=deepspeed.DeepSpeed,
+                       description="one DeepSpeed ZeRO 1/2/3 engine per trained model (optional package)")
 
 
 @hookimpl

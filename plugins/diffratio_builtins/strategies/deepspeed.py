@@ -1,0 +1,178 @@
+"""DeepSpeed ZeRO: one DeepSpeed engine per trained model, each with its own Adam, launched by ``torchrun``.
+
+    torchrun --nproc_per_node 2 -m diffratio train RECIPE --set strategy.name=deepspeed --set strategy.zero_stage=2
+
+ZeRO stage 1 partitions the Adam moments over ranks, stage 2 the gradients too, stage 3 the weights as
+well (gathered layer by layer in forward and backward). Checkpoints hold DeepSpeed's own files, one
+folder per model (``checkpoints/<step>/<model>/ds/``), written by every rank into the checkpoint's
+temporary folder and committed by the engine's atomic scheme; ``state.pt`` beside them keeps the EMA,
+every rank's data and RNG states and the consolidated weights of each model, so that ``dr-sample`` and
+``method.init`` read a DeepSpeed run like any other. DeepSpeed is optional:
+``pip install 'diffratio[deepspeed]'``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+import torch
+from torch import Tensor, nn
+
+from diffratio import (
+    CheckpointError,
+    DiffRatioError,
+    MissingDependencyError,
+    OptimizerConfig,
+    Trainable,
+    full_parameters,
+)
+from diffratio_builtins.strategies.ddp import ProcessGroupStrategy, launcher_env, pick_device
+
+#: DeepSpeed's tag (sub-folder) of each model's checkpoint inside a diffratio checkpoint folder
+TAG = "ds"
+INSTALL = "pip install 'diffratio[deepspeed]'"
+
+
+def import_deepspeed(device: torch.device) -> Any:
+    """Import DeepSpeed for ``device`` (its accelerator is chosen at import), or name what to install."""
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if device.type == "cuda" else "cpu")
+    try:
+        import deepspeed
+    except ImportError as exc:
+        raise MissingDependencyError("deepspeed", "strategy 'deepspeed'", install=INSTALL) from exc
+    from deepspeed.utils import logger
+
+    logger.setLevel(logging.WARNING)  # its INFO lines come from every rank
+    return deepspeed
+
+
+def engine_config(optim: OptimizerConfig, zero_stage: int, bf16: bool) -> dict[str, Any]:
+    """The DeepSpeed config of one model: its Adam(W) (torch's, so no CUDA op is built), clipping, ZeRO
+    stage, and torch autocast for bf16 (fp32 weights and master copy; DeepSpeed's own ``bf16`` mode would
+    keep bf16 weights, which fp32 inputs and an fp32 EMA do not mix with)."""
+    cfg: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": 1,  # required by DeepSpeed; batches are the method's, not its loader's
+        "gradient_accumulation_steps": 1,
+        "optimizer": {"type": "AdamW" if optim.weight_decay > 0 else "Adam",
+                      "params": {"lr": optim.lr, "betas": list(optim.betas), "eps": optim.eps,
+                                 "weight_decay": optim.weight_decay, "torch_adam": True,
+                                 "adam_w_mode": optim.weight_decay > 0}},
+        "gradient_clipping": optim.grad_clip,
+        "zero_optimization": {"stage": zero_stage},
+        "steps_per_print": 2**62,
+        "wall_clock_breakdown": False,
+    }
+    if bf16:
+        cfg["torch_autocast"] = {"enabled": True, "dtype": "bfloat16"}
+    return cfg
+
+
+class DeepSpeedTrainable(Trainable):
+    """A model in its DeepSpeed engine.
+
+    ``module`` is the engine (forward passes that train), ``raw`` the model inside it (with ZeRO-3 its
+    parameters are partitioned: use ``diffratio.full_parameters`` to read them outside a forward pass).
+    A non-finite step is skipped by DeepSpeed itself: it checks the global gradient norm and drops the
+    update on every rank; a non-finite loss is turned into non-finite gradients to reach that check.
+    """
+
+    def __init__(self, name: str, engine: Any, device: torch.device) -> None:
+        self.name = name
+        self.engine = engine
+        self.module = engine
+        self.raw = engine.module
+        self.device = device
+
+    def backward(self, loss: Tensor) -> None:
+        # x * (1 + 0) is x bit for bit; a non-finite loss makes every gradient NaN, which DeepSpeed skips
+        poison = torch.where(torch.isfinite(loss.detach()), 0.0, math.nan).to(loss.dtype)
+        self.engine.backward(loss * (1 + poison))
+
+    def step(self) -> dict[str, Tensor]:
+        self.engine.step()
+        self.last_step_ok = bool(self.engine.was_step_applied())
+        norm = self.engine.get_global_grad_norm() if self.last_step_ok else math.inf
+        return {"grad_norm": torch.tensor(math.nan if norm is None else float(norm), device=self.device)}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The consolidated weights (gathered under ZeRO-3; every rank calls it), for sampling and
+        ``method.init``; weights and optimiser resume from DeepSpeed's own files (``save_files``)."""
+        with full_parameters(self.raw):
+            model = {k: v.detach().cpu().clone() for k, v in self.raw.state_dict().items()}
+        return {"model": model, "deepspeed": self.name}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if "deepspeed" not in state:
+            raise CheckpointError(f"the state of {self.name!r} was not written by the deepspeed strategy; resume "
+                                  "with the strategy that wrote it")
+
+    def save_files(self, folder: Path) -> None:
+        self.engine.save_checkpoint(str(folder), tag=TAG, save_latest=False)
+
+    def load_files(self, folder: Path) -> None:
+        path, _ = self.engine.load_checkpoint(str(folder), tag=TAG, load_module_strict=True,
+                                              load_optimizer_states=True, load_lr_scheduler_states=False)
+        if path is None:
+            raise CheckpointError(f"{folder} holds no DeepSpeed checkpoint of {self.name!r}")
+
+
+class DeepSpeed(ProcessGroupStrategy):
+    """DeepSpeed ZeRO data parallelism: one engine (and Adam) per trained model; launched by ``torchrun``."""
+
+    #: ZeRO shards optimiser state per process: a checkpoint resumes with the same number of processes
+    resizable = False
+
+    @attrs.frozen(kw_only=True)
+    class Config:
+        zero_stage: int = attrs.field(default=2, validator=attrs.validators.in_((1, 2, 3)))
+        # ^ ZeRO stage: 1 partitions Adam's moments, 2 also the gradients, 3 also the weights
+        precision: Literal["fp32", "bf16"] = "fp32"  # bf16 = torch autocast in forward passes; fp32 weights and Adam
+        device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: the GPU of LOCAL_RANK when there are GPUs, else CPU
+        backend: Literal["auto", "nccl", "gloo"] = "auto"  # auto: nccl on GPUs, gloo on CPU
+        tf32: bool = True  # allow TF32 matrix products on Ampere+ GPUs
+        threads: int = 0  # CPU threads for torch per process (0 = torch's default)
+        timeout_minutes: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
+        # ^ how long a rank waits for the others in a collective (rank 0 evaluates while they wait)
+
+    def __init__(self, config: Config | None = None) -> None:
+        config = config if config is not None else self.Config()
+        env = launcher_env()
+        self._ds = import_deepspeed(pick_device(config.device, env[2] if env else 0))
+        super().__init__(config)  # joins the process group; DeepSpeed then uses it
+        if env is None:  # DeepSpeed's engines read it even in one process (RANK stays unset: no launcher)
+            os.environ.setdefault("LOCAL_RANK", "0")
+        self._ds.init_distributed(dist_backend=torch.distributed.get_backend(), verbose=False)
+        self._trainables: dict[str, DeepSpeedTrainable] = {}
+
+    def prepare(self, name: str, module: nn.Module, optim: OptimizerConfig) -> Trainable:
+        """One DeepSpeed engine with its own Adam for ``module`` (rank 0's weights are broadcast)."""
+        if name in self._trainables:
+            raise DiffRatioError(f"strategy 'deepspeed': two models named {name!r}; names must be unique")
+        params = [p for p in module.parameters() if p.requires_grad]
+        engine, *_ = self._ds.initialize(model=module.to(self._device), model_parameters=params,
+                                         config=engine_config(optim, self.config.zero_stage,
+                                                              self.config.precision == "bf16"),
+                                         dist_init_required=False)
+        trainable = DeepSpeedTrainable(name, engine, self._device)
+        self._trainables[name] = trainable
+        return trainable
+
+    def close(self) -> None:
+        """Wait for every rank; the process group stays (DeepSpeed keeps its groups for the process's life,
+        so a later run in the same process joins it again)."""
+        self.barrier()
+
+    def save_files(self, folder: Path) -> None:
+        """Each engine's DeepSpeed checkpoint into ``folder/<model>/``; every rank writes its shards."""
+        for name, t in self._trainables.items():
+            t.save_files(folder / name)
+
+    def load_files(self, folder: Path) -> None:
+        for name, t in self._trainables.items():
+            t.load_files(folder / name)
