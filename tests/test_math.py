@@ -219,3 +219,23 @@ def test_weights_match_closed_forms() -> None:
     torch.testing.assert_close(fd(fd.Config(function="hellinger")).weight(f), 0.5 * torch.exp(-f / 2))
     # the forward-KL clamp caps the weight of very "real-looking" samples
     assert float(kl().weight(torch.tensor([-100.0]))) == pytest.approx(math.exp(5.0))
+
+
+def test_ema_warmups_reach_the_configured_decay_when_they_say() -> None:
+    """ramp: (1+t)/(10+t), 0.999 from step 8990 on; average: the plain mean of all weights until the
+    window is 1/(1-decay) steps (step 999 at 0.999); none: the decay at once. The average warm-up really
+    averages: after n updates from w_0 the EMA equals the mean of w_1..w_n (w_0 gets weight 0)."""
+    from diffratio_builtins.methods.common import ema_decay_at, make_ema, update_ema
+
+    assert ema_decay_at(0.999, 8989, "ramp") < 0.999 == ema_decay_at(0.999, 8991, "ramp")
+    assert ema_decay_at(0.999, 998, "average") < 0.999 == ema_decay_at(0.999, 1000, "average")
+    assert ema_decay_at(0.999, 0, "none") == 0.999
+    net = torch.nn.Linear(1, 1, bias=False)
+    ema = make_ema(net)
+    seen = []
+    for t in range(5):
+        with torch.no_grad():
+            net.weight.fill_(float(t + 1) ** 2)
+        seen.append(float(t + 1) ** 2)
+        update_ema(ema, net, 0.999, t, "average")
+    assert float(ema.weight) == pytest.approx(sum(seen) / len(seen))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Literal
 
 import torch
 from torch import nn
@@ -20,17 +21,33 @@ def make_ema(module: nn.Module) -> nn.Module:
     return ema
 
 
-def ema_decay_at(decay: float, step: int) -> float:
-    """EMA decay with warm-up, ``min(decay, (1 + step) / (10 + step))``: early averages forget the
-    initialisation quickly instead of keeping ``decay ** step`` of it (13% after 2000 steps at 0.999)."""
-    return min(decay, (1 + step) / (10 + step))
+#: how the EMA decay warms up (the ``ema_warmup`` option of the methods)
+EmaWarmup = Literal["ramp", "average", "none"]
+
+
+def ema_decay_at(decay: float, step: int, warmup: EmaWarmup = "ramp") -> float:
+    """The EMA decay at ``step`` (0-based) under a warm-up that keeps early averages from holding
+    ``decay ** step`` of the initialisation (13% after 2000 steps at 0.999):
+
+    - ``ramp``: ``min(decay, (1 + step) / (10 + step))``, a window of about a ninth of the steps so far; it
+      reaches 0.999 only at step 8,990, so short runs average over few steps (the image pretraining).
+    - ``average``: ``min(decay, step / (1 + step))``, the plain average of all weights so far until that
+      window is ``1 / (1 - decay)`` steps long (step 999 at 0.999), then the EMA: smooths runs whose weights
+      keep oscillating, such as a generator trained from scratch.
+    - ``none``: ``decay`` from the first step.
+    """
+    if warmup == "ramp":
+        return min(decay, (1 + step) / (10 + step))
+    if warmup == "average":
+        return min(decay, step / (1 + step))
+    return decay
 
 
 @torch.no_grad()
-def update_ema(ema: nn.Module, module: nn.Module, decay: float, step: int) -> None:
-    """``ema = d * ema + (1 - d) * module`` for parameters with ``d = ema_decay_at(decay, step)``;
+def update_ema(ema: nn.Module, module: nn.Module, decay: float, step: int, warmup: EmaWarmup = "ramp") -> None:
+    """``ema = d * ema + (1 - d) * module`` for parameters with ``d = ema_decay_at(decay, step, warmup)``;
     buffers are copied."""
-    d = ema_decay_at(decay, step)
+    d = ema_decay_at(decay, step, warmup)
     with full_parameters(module):  # gathered where DeepSpeed ZeRO-3 partitions them
         ema_p = [p for p in ema.parameters()]
         src_p = [p.detach() for p in module.parameters()]

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from diffratio import Method, OptimizerConfig, count_parameters
 from diffratio.losses import accuracy, generator_loss, ratio_loss
-from diffratio_builtins.methods.common import frozen, load_denoiser_weights, make_ema, update_ema
+from diffratio_builtins.methods.common import EmaWarmup, frozen, load_denoiser_weights, make_ema, update_ema
 
 
 class DiffRatio(Method):
@@ -32,6 +32,7 @@ class DiffRatio(Method):
         warmup_ratio_steps: int = attrs.field(default=0, validator=attrs.validators.ge(0))  # before step 1
         ema_decay: float = attrs.field(default=0.999, validator=[attrs.validators.ge(0), attrs.validators.lt(1)])
         # ^ decay of the generator's EMA (the weights that sample and are evaluated), warmed up early
+        ema_warmup: EmaWarmup = "ramp"  # EMA decay warm-up: ramp, average or none (methods/common.py)
         init: str = ""  # pretraining run dir / checkpoint for generator and encoder; "" = from scratch
 
     def __init__(self, config: Config, *, ctx: Any) -> None:
@@ -83,7 +84,7 @@ class DiffRatio(Method):
         self.gen.backward(loss)
         out = self.gen.step()
         if self.gen.last_step_ok:  # false when the update was skipped (non-finite loss or gradients)
-            update_ema(self.ema, self.gen.raw, self.config.ema_decay, step)
+            update_ema(self.ema, self.gen.raw, self.config.ema_decay, step, self.config.ema_warmup)
         return {"loss/generator": loss.detach(), "generator/logit": f.detach().mean(),
                 "generator/grad_norm": out["grad_norm"]}
 

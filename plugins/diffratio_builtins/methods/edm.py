@@ -18,7 +18,7 @@ from torch import Tensor
 from diffratio import Method, OptimizerConfig, count_parameters
 from diffratio.edm import heun_sample
 from diffratio.losses import denoising_loss
-from diffratio_builtins.methods.common import load_denoiser_weights, make_ema, update_ema
+from diffratio_builtins.methods.common import EmaWarmup, load_denoiser_weights, make_ema, update_ema
 
 _positive = attrs.validators.gt(0)
 
@@ -33,6 +33,7 @@ class EDM(Method):
         optimizer: OptimizerConfig = OptimizerConfig(lr=1e-3, betas=(0.9, 0.999))  # Adam of the denoiser
         ema_decay: float = attrs.field(default=0.999, validator=[attrs.validators.ge(0), attrs.validators.lt(1)])
         # ^ decay of the denoiser's EMA (what samples, and what diffratio / vsd start from), warmed up early
+        ema_warmup: EmaWarmup = "ramp"  # EMA decay warm-up: ramp, average or none (methods/common.py)
         sample_steps: int = attrs.field(default=18, validator=attrs.validators.ge(1))  # Heun: 2n-1 evaluations
         sigma_min: float = attrs.field(default=0.002, validator=_positive)  # of the sampler
         sigma_max: float = attrs.field(default=80.0, validator=_positive)  # of the sampler
@@ -62,7 +63,7 @@ class EDM(Method):
         self.net.backward(loss)
         out = self.net.step()
         if self.net.last_step_ok:  # false when the update was skipped (non-finite loss or gradients)
-            update_ema(self.ema, self.net.raw, self.config.ema_decay, step)
+            update_ema(self.ema, self.net.raw, self.config.ema_decay, step, self.config.ema_warmup)
         return {"loss/denoising": loss.detach(), **{f"denoiser/{k}": v for k, v in out.items()}}
 
     @torch.no_grad()

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from diffratio import DiffRatioError, Method, OptimizerConfig, append_dims, count_parameters
 from diffratio.losses import denoising_loss
-from diffratio_builtins.methods.common import load_denoiser_weights, make_ema, update_ema
+from diffratio_builtins.methods.common import EmaWarmup, load_denoiser_weights, make_ema, update_ema
 
 Denoiser = Callable[..., Tensor]
 
@@ -65,6 +65,7 @@ class VSD(Method):
         warmup_fake_steps: int = attrs.field(default=0, validator=attrs.validators.ge(0))  # before step 1
         ema_decay: float = attrs.field(default=0.999, validator=[attrs.validators.ge(0), attrs.validators.lt(1)])
         # ^ decay of the generator's EMA (the weights that sample and are evaluated), warmed up early
+        ema_warmup: EmaWarmup = "ramp"  # EMA decay warm-up: ramp, average or none (methods/common.py)
 
     def __init__(self, config: Config, *, ctx: Any) -> None:
         super().__init__(config, ctx=ctx)
@@ -114,7 +115,7 @@ class VSD(Method):
         self.gen.backward(loss)
         out = self.gen.step()
         if self.gen.last_step_ok:  # false when the update was skipped (non-finite loss or gradients)
-            update_ema(self.ema, self.gen.raw, self.config.ema_decay, step)
+            update_ema(self.ema, self.gen.raw, self.config.ema_decay, step, self.config.ema_warmup)
         # sigma^2 |s_fake - s_teacher| is the denoiser difference, in data units
         gap = (diff * append_dims(sigma, diff.ndim) ** 2).flatten(1).norm(dim=1).mean()
         return {"loss/generator": loss.detach(), "generator/denoiser_gap": gap, "generator/grad_norm": out["grad_norm"]}
