@@ -391,24 +391,3 @@ def test_plugin_raising_in_a_lifecycle_hook_is_named_and_the_run_goes_on(tmp_pat
                                          r"diffratio_on_step_end: RuntimeError: hook broken on purpose"):
         run = train(tmp_path / "run", registry=reg)
     assert run.step == 30 and names(tmp_path / "run")[-1] == "000000030"
-
-
-def test_step_agreement_reads_one_step_late_when_lagged_and_everything_at_decisions() -> None:
-    """On a GPU each step's flags are read one step late (the host queues the next step meanwhile); before
-    a decision (log, checkpoint, last step) everything pending is read. Without the lag, every step at once."""
-    from diffratio.engine import StepAgreement
-    from diffratio_builtins.strategies.single import SingleDevice
-
-    strategy = SingleDevice(SingleDevice.Config(device="cpu"))
-    lagged = StepAgreement(strategy, lag=True)
-    lagged.push(1, {"loss": torch.tensor(1.0)}, 0)
-    assert list(lagged.read(everything=False)) == []  # step 1 stays pending while step 2 is queued
-    lagged.push(2, {"loss": torch.tensor(float("nan")), "lr": 1.0}, 15)
-    assert [(s, bad, sig) for s, _, bad, sig in lagged.read(everything=False)] == [(1, False, 0)]
-    lagged.push(3, {"loss": torch.tensor(2.0), "other": float("inf")}, 0)
-    assert [(s, bad, sig) for s, _, bad, sig in lagged.read(everything=True)] == [(2, True, 15), (3, True, 0)]
-    assert lagged.pending == []
-
-    direct = StepAgreement(strategy, lag=False)
-    direct.push(1, {"loss": torch.tensor(3e38) * 10}, 0)  # an overflow counts as non-finite
-    assert [(s, bad) for s, _, bad, _ in direct.read(everything=False)] == [(1, True)]

@@ -339,12 +339,6 @@ class Strategy(Component, ABC):
         non-finite step, a stop request, a failed write) so that all of them skip, save or stop together."""
         return [float(v) for v in values]
 
-    def max_over_ranks_async(self, values: Tensor) -> Tensor:
-        """Elementwise maximum over ranks of a 1-D tensor on this rank's device, queued without waiting for
-        it (identity on one process). The training loop reads the result one step later on a GPU, so that
-        the host never waits for the step it has just queued."""
-        return values
-
     def gather_object(self, obj: Any) -> list[Any] | None:
         """Every rank's ``obj`` (picklable), in rank order, on the main rank; None on the others."""
         return [obj]

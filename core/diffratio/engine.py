@@ -116,45 +116,6 @@ class NonFiniteGuard:
         self.first_bad = str(state.get("first_bad", ""))
 
 
-class StepAgreement:
-    """Each step's agreement of the ranks (a non-finite step anywhere? a stop request?), read one step late
-    on a GPU.
-
-    Reading a flag of the step just queued makes the host wait until the GPU has finished it, and the next
-    step then starts with the GPU idle while the host launches its first kernels. Reading it one step later
-    lets the host queue step t + 1 while the GPU still runs step t (measured: the per-step wait cost 6% of
-    eager pretraining on an H100, docs/results.md). Nothing is lost by the lag: a non-finite step's update
-    was already skipped on the device (``Trainable.step``); the host needs the flag only to count, to stop
-    a diverged run and to keep checkpoints out of a bad streak, and before those decisions (log, sample,
-    evaluation, checkpoint and last steps: the same steps on every rank) the loop reads all that is pending.
-    On the CPU nothing runs ahead, so every step is read at once.
-    """
-
-    def __init__(self, strategy: Strategy, lag: bool) -> None:
-        self.strategy = strategy
-        self.lag = lag
-        self.pending: list[tuple[int, Mapping[str, Tensor | float], Tensor]] = []
-
-    def push(self, step: int, scalars: Mapping[str, Tensor | float], signal_number: int) -> None:
-        """Queue ``step``'s flags (non-finite scalar, stop request) and their maximum over the ranks."""
-        host = [float(v) for v in scalars.values() if not isinstance(v, Tensor)]
-        tensors = [v.detach().float().sum() for v in scalars.values() if isinstance(v, Tensor)]
-        device = self.strategy.device
-        total = torch.stack(tensors).sum().to(device) if tensors else torch.zeros((), device=device)
-        bad = ~torch.isfinite(total + sum(host))  # one sum: non-finite when any scalar is (or overflows)
-        flags = torch.stack([bad.float(), torch.tensor(float(signal_number), device=device)])
-        self.pending.append((step, scalars, self.strategy.max_over_ranks_async(flags)))
-
-    def read(self, everything: bool) -> Iterator[tuple[int, Mapping[str, Tensor | float], bool, int]]:
-        """``(step, scalars, any rank non-finite, stop signal number or 0)`` of the steps that are due: all
-        pending with ``everything`` or without the lag, else all but the newest."""
-        keep = 0 if everything or not self.lag else 1
-        while len(self.pending) > keep:
-            step, scalars, flags = self.pending.pop(0)
-            bad, signal_number = flags.tolist()
-            yield step, scalars, bad > 0, int(signal_number)
-
-
 class DataSampler:
     """Random batches of real data by index, from its own seeded generator (its state is checkpointed)."""
 
@@ -645,26 +606,22 @@ def training_loop(
     pending: dict[str, list[Tensor | float]] = {}
     t_last, step_last = time.perf_counter(), run.step
     checkpoint_due = False  # a checkpoint step fell inside a streak of skipped steps: write at the next good one
-    agreement = StepAgreement(strategy, lag=strategy.device.type == "cuda")
     with graceful_signals() as signals:
         while run.step < s.steps:
             t0 = time.perf_counter()
             scalars = method.train_step(run.step)
             run.step += 1
-            last = run.step == s.steps
-            decisions = last or any(n and run.step % n == 0 for n in (s.log_every, s.sample_every, s.eval_every,
-                                                                       s.checkpoint_every))
             # one agreement per step: was it finite on every rank, and has any rank been asked to stop?
-            agreement.push(run.step, scalars, signals[0] if signals else 0)
-            stop_signal = 0
-            for step, step_scalars, bad, signal_number in agreement.read(everything=decisions):
-                stop_signal = stop_signal or signal_number
-                if guard.record(step, step_scalars, finite=not bad):  # a non-finite step was skipped
-                    stop()
-                    raise guard.error(step, run_dir / "checkpoints")  # no save: keep the last good checkpoint
+            bad, stop_signal = strategy.max_over_ranks([not guard.finite(scalars), signals[0] if signals else 0])
+            stop_signal = int(stop_signal)
+            diverged = guard.record(run.step, scalars, finite=not bad)  # a non-finite step was skipped
             run.train_seconds += time.perf_counter() - t0
+            if diverged:
+                stop()
+                raise guard.error(run.step, run_dir / "checkpoints")  # no save: keep the last good checkpoint
             for k, v in scalars.items():
                 pending.setdefault(k, []).append(v.detach() if isinstance(v, Tensor) else v)
+            last = run.step == s.steps
 
             if run.step % s.log_every == 0 or last:
                 # average the scalars since the last log over the steps where they were finite

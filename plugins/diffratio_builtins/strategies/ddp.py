@@ -117,11 +117,6 @@ class ProcessGroupStrategy(Strategy):
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return t.tolist()
 
-    def max_over_ranks_async(self, values: Tensor) -> Tensor:
-        if self._world > 1:
-            dist.all_reduce(values, op=dist.ReduceOp.MAX)  # NCCL queues it on the device; gloo waits
-        return values
-
     def gather_object(self, obj: Any) -> list[Any] | None:
         if self._world == 1:
             return [obj]
