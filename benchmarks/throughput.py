@@ -33,6 +33,7 @@ import gc
 import json
 import os
 import platform
+import re
 import shlex
 import socket
 import subprocess
@@ -55,6 +56,8 @@ from diffratio.recipe import apply_sets, read_recipe_text, resolve_recipe
 from diffratio.registry import default_registry
 
 METHODS = ("diffratio", "vsd")
+#: the line of a traceback that names the exception, e.g. "torch.OutOfMemoryError: CUDA out of memory"
+EXCEPTION_LINE = re.compile(r"\b\w+(Error|Exception)\b: ")
 #: dense bf16 peak of one card, by a substring of torch.cuda.get_device_name()
 PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "A100": 312.0}
 COLUMNS = ("variant", "method", "batch", "images/s", "step ms", "aux step ms", "generator step ms", "other ms",
@@ -282,7 +285,10 @@ def run_isolated(args: argparse.Namespace, sets: list[str], method: str) -> dict
         sys.stderr.write(proc.stdout)
         if proc.returncode != 0 or not out.exists():
             lines = [ln for ln in proc.stdout.strip().splitlines() if ln.strip()]
-            return {"method": method, "error": lines[-1] if lines else f"exit status {proc.returncode}"}
+            # the exception's own line, not a warning printed after it at exit (NCCL's, for one)
+            errors = [ln for ln in lines if EXCEPTION_LINE.search(ln)]
+            error = errors[-1] if errors else lines[-1] if lines else f"exit status {proc.returncode}"
+            return {"method": method, "error": error.removeprefix("[rank0]: ")[:300]}
         return json.loads(out.read_text())
 
 
