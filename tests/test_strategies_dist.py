@@ -110,16 +110,21 @@ def _worker_pids(launcher: int) -> dict[int, int]:
     return out
 
 
-def test_ddp_sigterm_to_one_rank_stops_every_rank_at_one_step(ddp_reference: Path, tmp_path: Path) -> None:
-    """Only rank 1 is signalled; both ranks stop after the same step, rank 0 writes its checkpoint, both
-    exit with 128 + 15; the same command resumes and ends with the parameters of an uninterrupted run."""
-    proc = subprocess.Popen(torchrun(*DDP, "--run-dir", str(tmp_path)), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=ENV)
-    deadline = time.time() + 180
-    while not (tmp_path / "checkpoints" / "latest").exists():
+def start_until_checkpoint(cmd: list[str], run_dir: Path, timeout: float) -> subprocess.Popen:
+    """Start a training command and return once it has written its first checkpoint (still running)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
+    deadline = time.time() + timeout
+    while not (run_dir / "checkpoints" / "latest").exists():
         assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
         assert time.time() < deadline
         time.sleep(0.02)
+    return proc
+
+
+def test_ddp_sigterm_to_one_rank_stops_every_rank_at_one_step(ddp_reference: Path, tmp_path: Path) -> None:
+    """Only rank 1 is signalled; both ranks stop after the same step, rank 0 writes its checkpoint, both
+    exit with 128 + 15; the same command resumes and ends with the parameters of an uninterrupted run."""
+    proc = start_until_checkpoint(torchrun(*DDP, "--run-dir", str(tmp_path)), tmp_path, 180)
     workers = _worker_pids(proc.pid)
     assert set(workers) == {0, 1}, workers
     os.kill(workers[1], signal.SIGTERM)
@@ -344,13 +349,7 @@ def test_two_gpus_train_resume_and_stop_on_sigterm(case: str, tmp_path: Path) ->
     assert res.returncode == 0 and "resuming from step 30" in res.stdout, res.stdout + res.stderr
 
     stopped = tmp_path / "stopped"
-    proc = subprocess.Popen(torchrun(*gpu_args(case), "--run-dir", str(stopped)), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=ENV)
-    deadline = time.time() + 600
-    while not (stopped / "checkpoints" / "latest").exists():
-        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-        assert time.time() < deadline
-        time.sleep(0.02)
+    proc = start_until_checkpoint(torchrun(*gpu_args(case), "--run-dir", str(stopped)), stopped, 600)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=600)
     stops = [line for line in out.splitlines() if "stopped by SIGTERM at step" in line]

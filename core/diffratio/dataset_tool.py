@@ -153,6 +153,23 @@ def _describe(shape: tuple[int, ...]) -> str:
     return f"{w}x{h} with {c} channel{'s' if c != 1 else ''}"
 
 
+def _select_images(src: _Source, path: Path, max_images: int, seed: int,
+                   hint: str = "") -> tuple[list[str], np.ndarray | None, tuple[str, ...] | None]:
+    """The image files of a folder or zip, their labels (checked) and class names; ``max_images`` > 0
+    keeps a seeded random subset in the original order. Errors name ``path`` (and ``hint`` when none)."""
+    names = [f for f in src.files if f.lower().endswith(IMAGE_EXTENSIONS)]
+    if not names:
+        raise DataError(f"{path}: no images found ({', '.join(IMAGE_EXTENSIONS)}){hint}")
+    labels, class_names = _labels_for(src, names)
+    if 0 < max_images < len(names):
+        keep = np.sort(np.random.default_rng(seed).choice(len(names), max_images, replace=False))
+        names = [names[i] for i in keep]
+        labels = labels[keep] if labels is not None else None
+    if labels is not None:
+        check_labels(labels, len(names), str(path), names=names)
+    return names, labels, class_names
+
+
 def read_image_source(path: str | Path, *, resolution: int = 0, center_crop: bool = False, max_images: int = 0,
                       seed: int = 0, workers: int | None = None) -> ImageArrays:
     """Load every image of a folder or EDM-style zip into one uint8 (N, H, W, C) array.
@@ -166,17 +183,8 @@ def read_image_source(path: str | Path, *, resolution: int = 0, center_crop: boo
         raise DataError(f"{path} does not exist (expected a folder of images or a .zip archive)")
     src = _Source(path)
     try:
-        names = [f for f in src.files if f.lower().endswith(IMAGE_EXTENSIONS)]
-        if not names:
-            hint = " (an .npz file: use the npz-images data set)" if path.suffix.lower() == ".npz" else ""
-            raise DataError(f"{path}: no images found ({', '.join(IMAGE_EXTENSIONS)}){hint}")
-        labels, class_names = _labels_for(src, names)
-        if 0 < max_images < len(names):
-            keep = np.sort(np.random.default_rng(seed).choice(len(names), max_images, replace=False))
-            names = [names[i] for i in keep]
-            labels = labels[keep] if labels is not None else None
-        if labels is not None:
-            check_labels(labels, len(names), str(path), names=names)
+        hint = " (an .npz file: use the npz-images data set)" if path.suffix.lower() == ".npz" else ""
+        names, labels, class_names = _select_images(src, path, max_images, seed, hint)
         decode = functools.partial(decode_image, resolution=resolution, center_crop=center_crop)
         images = _decode_all(src, names, decode, workers)
     finally:
@@ -206,16 +214,7 @@ def iter_image_source(path: str | Path, *, chunk: int = 1024, resolution: int = 
         raise DataError(f"{path} does not exist (expected a folder of images, a .zip archive or an .npz file)")
     src = _Source(path)
     try:
-        names = [f for f in src.files if f.lower().endswith(IMAGE_EXTENSIONS)]
-        if not names:
-            raise DataError(f"{path}: no images found ({', '.join(IMAGE_EXTENSIONS)})")
-        labels, class_names = _labels_for(src, names)
-        if 0 < max_images < len(names):
-            keep = np.sort(np.random.default_rng(seed).choice(len(names), max_images, replace=False))
-            names = [names[i] for i in keep]
-            labels = labels[keep] if labels is not None else None
-        if labels is not None:
-            check_labels(labels, len(names), str(path), names=names)
+        names, labels, class_names = _select_images(src, path, max_images, seed)
         decode = functools.partial(decode_image, resolution=resolution, center_crop=center_crop)
         first: tuple[int, ...] | None = None
         for start in range(0, len(names), chunk):
