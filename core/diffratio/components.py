@@ -79,6 +79,21 @@ class Backbone(Component, nn.Module, ABC):
     def forward(self, x: Tensor, noise_labels: Tensor, class_labels: Tensor | None = None) -> Tensor:
         """``x``: (B, *data_shape); ``noise_labels``: (B,) = c_noise(sigma); ``class_labels``: (B,) ints."""
 
+    def embed_labels(self, table: nn.Embedding | None, class_labels: Tensor | None,
+                     dropout: float = 0.0) -> Tensor | None:
+        """The class embedding ``table(class_labels)``, or None for an unconditional backbone (``table`` None).
+        A class-conditional backbone called without labels is an error; in training, each sample's
+        embedding is zeroed with probability ``dropout`` (label dropout, for classifier-free guidance)."""
+        if table is None:
+            return None
+        if class_labels is None:
+            raise ValueError(f"{type(self).__name__} is class-conditional: pass class_labels")
+        lab = table(class_labels)
+        if self.training and dropout > 0:
+            keep = torch.rand(lab.shape[0], 1, device=lab.device) >= dropout
+            lab = lab * keep.to(lab.dtype)
+        return lab
+
 
 class Generator(Component, nn.Module, ABC):
     """A one-step generator ``x = g(z, labels)`` built around a backbone.

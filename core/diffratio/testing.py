@@ -400,10 +400,9 @@ class TinyBackbone(Backbone):
 
     def forward(self, x: Tensor, noise_labels: Tensor, class_labels: Tensor | None = None) -> Tensor:
         h = self.inp(torch.cat([x.flatten(1), noise_labels.to(x.dtype)[:, None]], dim=1))
-        if self.label_embed is not None:
-            if class_labels is None:
-                raise ValueError("this backbone is class-conditional: pass class_labels")
-            h = h + self.label_embed(class_labels)
+        lab = self.embed_labels(self.label_embed, class_labels)
+        if lab is not None:
+            h = h + lab
         h = torch.tanh(self.mid(torch.tanh(h)))
         return h if self.mode == "encoder" else self.out(h).reshape(x.shape)
 

@@ -53,10 +53,9 @@ class FiLMBackbone(Backbone):
     def forward(self, x: Tensor, noise_labels: Tensor, class_labels: Tensor | None = None) -> Tensor:
         t = noise_labels.to(x.dtype)[:, None] * self.freqs
         cond = torch.cat([t.sin(), t.cos()], dim=1)
-        if self.label_embed is not None:
-            if class_labels is None:
-                raise ValueError("this backbone is class-conditional: pass class_labels")
-            cond = cond + self.label_embed(class_labels)
+        lab = self.embed_labels(self.label_embed, class_labels)  # None when unconditional
+        if lab is not None:
+            cond = cond + lab
         h = self.inp(x.flatten(1))
         for layer, film in zip(self.layers, self.film, strict=True):
             scale, shift = film(cond).chunk(2, dim=1)

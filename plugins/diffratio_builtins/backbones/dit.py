@@ -191,13 +191,8 @@ class DiTBackbone(Backbone):
     def embed(self, noise_labels: Tensor, class_labels: Tensor | None) -> Tensor:
         """The (B, hidden) conditioning vector ``c`` from noise labels and class labels."""
         cond = self.noise_mlp(self.map_noise(noise_labels))
-        if self.label_embed is not None:
-            if class_labels is None:
-                raise ValueError("this backbone is class-conditional: pass class_labels")
-            lab = self.label_embed(class_labels)
-            if self.training and self.config.label_dropout > 0:
-                keep = torch.rand(lab.shape[0], 1, device=lab.device) >= self.config.label_dropout
-                lab = lab * keep.to(lab.dtype)
+        lab = self.embed_labels(self.label_embed, class_labels, self.config.label_dropout)
+        if lab is not None:
             cond = cond + lab.to(cond.dtype)
         return cond
 

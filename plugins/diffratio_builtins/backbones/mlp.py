@@ -63,10 +63,9 @@ class MLPBackbone(Backbone):
 
     def forward(self, x: Tensor, noise_labels: Tensor, class_labels: Tensor | None = None) -> Tensor:
         h = self.inp(x.flatten(1)) + self.cond(self.noise_embed(noise_labels))
-        if self.label_embed is not None:
-            if class_labels is None:
-                raise ValueError("this backbone is class-conditional: pass class_labels")
-            h = h + self.label_embed(class_labels)
+        lab = self.embed_labels(self.label_embed, class_labels)
+        if lab is not None:
+            h = h + lab
         for block in self.blocks:
             h = h + block(h)
         h = torch.nn.functional.silu(h)

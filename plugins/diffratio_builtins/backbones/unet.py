@@ -272,13 +272,8 @@ class UNetBackbone(Backbone):
     def embed(self, noise_labels: Tensor, class_labels: Tensor | None) -> Tensor:
         """The (B, emb_channels) conditioning vector from noise labels and class labels."""
         emb = self.map_noise(noise_labels)
-        if self.map_label is not None:
-            if class_labels is None:
-                raise ValueError("this backbone is class-conditional: pass class_labels")
-            lab = self.map_label(class_labels)
-            if self.training and self.config.label_dropout > 0:
-                keep = torch.rand(lab.shape[0], 1, device=lab.device) >= self.config.label_dropout
-                lab = lab * keep.to(lab.dtype)
+        lab = self.embed_labels(self.map_label, class_labels, self.config.label_dropout)
+        if lab is not None:
             emb = emb + lab
         emb = F.silu(self.map_layer0(emb))
         return F.silu(self.map_layer1(emb))
