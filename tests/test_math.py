@@ -239,3 +239,32 @@ def test_ema_warmups_reach_the_configured_decay_when_they_say() -> None:
         seen.append(float(t + 1) ** 2)
         update_ema(ema, net, 0.999, t, "average")
     assert float(ema.weight) == pytest.approx(sum(seen) / len(seen))
+
+
+def test_energy_distance_metric_averages_disjoint_draws_and_uses_fewer_when_data_are_short() -> None:
+    """The metric's floor is the mean over ``repeats`` disjoint held-out pairs, its distance the mean over as
+    many generated sets; a held-out set too small for all repeats gives fewer, and too small for one fails."""
+    from types import SimpleNamespace
+
+    from diffratio.analytic import energy_distance
+    from diffratio_builtins.metrics.energy import EnergyDistance
+
+    gen = torch.Generator().manual_seed(0)
+    held = torch.randn(1000, 2, generator=gen)
+    draws = iter(torch.randn(5, 100, 2, generator=gen) + 0.5)
+
+    def ctx(points: torch.Tensor) -> SimpleNamespace:
+        return SimpleNamespace(dataset=SimpleNamespace(reference=lambda k: points[:k]), sample=lambda n: next(draws))
+
+    out = EnergyDistance(EnergyDistance.Config(num_samples=100, repeats=3)).compute(ctx(held))
+    pairs = [(held[200 * i:200 * i + 100], held[200 * i + 100:200 * i + 200]) for i in range(3)]
+    floors = [energy_distance(a, b) for a, b in pairs]
+    assert out["repeats"] == 3
+    assert out["floor"] == pytest.approx(sum(floors) / 3)
+    assert (out["floor_min"], out["floor_max"]) == (pytest.approx(min(floors)), pytest.approx(max(floors)))
+    assert out["energy_distance"] > 2 * out["floor"]  # the generated sets are shifted by 0.5
+
+    short = EnergyDistance(EnergyDistance.Config(num_samples=100, repeats=5)).compute(ctx(held[:450]))
+    assert short["repeats"] == 2
+    with pytest.raises(ValueError, match="needs 200 reference points"):
+        EnergyDistance(EnergyDistance.Config(num_samples=100, repeats=5)).compute(ctx(held[:150]))
