@@ -14,7 +14,7 @@ class EnergyDistance(Metric):
     Both use the V-statistic, so the floor is the value a perfect generator would typically get at this
     sample size; ``ratio = energy_distance / floor`` near 1 means indistinguishable from data. At a few
     thousand points one draw of either is noisy (on the toy2d ring at 2000 points, the floor of five
-    disjoint data pairs ranged 0.0007-0.0030 and one generator's distance 0.006-0.015 over sampling
+    disjoint data pairs ranged 0.0007-0.0030 and one generator's distance 0.002-0.015 over sampling
     seeds), so both are means over ``repeats`` disjoint held-out pairs and generated sets; ``floor_min``
     and ``floor_max`` show the spread of the floor.
     """
