@@ -32,8 +32,9 @@ def ema_decay_at(decay: float, step: int, warmup: EmaWarmup = "ramp") -> float:
     - ``ramp``: ``min(decay, (1 + step) / (10 + step))``, a window of about a ninth of the steps so far; it
       reaches 0.999 only at step 8,990, so short runs average over few steps (the image pretraining).
     - ``average``: ``min(decay, step / (1 + step))``, the plain average of all weights so far until that
-      window is ``1 / (1 - decay)`` steps long (step 999 at 0.999), then the EMA: smooths runs whose weights
-      keep oscillating, such as a generator trained from scratch.
+      window is ``1 / (1 - decay)`` steps long (step 999 at 0.999), then the EMA: a longer average, which
+      also keeps early weights longer (on toy2d from scratch it lagged the improving generator and ended
+      worse than ``ramp``, docs/results.md section 1).
     - ``none``: ``decay`` from the first step.
     """
     if warmup == "ramp":
