@@ -244,3 +244,23 @@ def test_export_round_trip_in_python(toy_run: Path, tmp_path: Path) -> None:
     torch.save({"something": 1}, bad)
     with pytest.raises(DiffRatioError, match="not a diffratio export"):
         load_run(bad)
+
+
+def test_load_run_of_an_earlier_checkpoint(tmp_path: Path) -> None:
+    """``load_run(..., step=N)`` evaluates a run along its training (benchmarks/quality.py's FID curves)."""
+    from diffratio.sampling import export_run, load_run
+
+    run_dir = tmp_path / "run"
+    res = run_cli("dr-train", str(RECIPES / "toy2d.toml"), "--run-dir", str(run_dir), "--no-progress",
+                  *sets(*TINY, "loggers.tensorboard=false", "run.keep_checkpoints=0"))
+    assert res.returncode == 0, res.stderr
+    runs = {step: load_run(run_dir, step=step) for step in (10, 20)}
+    latest = load_run(run_dir)
+    assert [runs[10].step, runs[20].step, latest.step] == [10, 20, 30]
+    assert 0 < runs[10].train_seconds < runs[20].train_seconds < latest.train_seconds
+    first = next(iter(runs[10].method.ema.state_dict().values()))
+    assert not torch.equal(first, next(iter(latest.method.ema.state_dict().values())))
+    with pytest.raises(DiffRatioError, match=r"no checkpoint of step 15; it has steps \[10, 20, 30\]"):
+        load_run(run_dir, step=15)
+    with pytest.raises(DiffRatioError, match="export of one step"):
+        load_run(export_run(run_dir, tmp_path / "m.pt"), step=10)

@@ -51,16 +51,19 @@ def _build_for_sampling(config: dict[str, Any], text: str, source: str, run_dir:
     return build_run(recipe, run_dir, registry)
 
 
-def load_run(path: str | Path, registry: Registry | None = None) -> Run:
+def load_run(path: str | Path, registry: Registry | None = None, *, step: int | None = None) -> Run:
     """Rebuild a run and load its weights (for sampling and evaluation).
 
-    ``path`` is a run directory (its latest checkpoint is loaded) or a ``.pt`` file written by
-    ``export_run`` (generator EMA and ratio estimator only; the optimisers and the raw generator are not
-    in it, so such a run samples but does not resume training).
+    ``path`` is a run directory (its latest checkpoint is loaded, or the one of ``step``: evaluating a
+    run along its training needs the earlier ones) or a ``.pt`` file written by ``export_run``
+    (generator EMA and ratio estimator only; the optimisers and the raw generator are not in it, so such
+    a run samples but does not resume training). ``run.train_seconds`` is the checkpoint's training time.
     """
     path = Path(path)
     registry = registry or default_registry()
     if path.is_file():
+        if step is not None:
+            raise DiffRatioError(f"{path} is an export of one step; step={step} needs a run directory")
         return _load_export(path, registry)
     info_path = path / "run.json"
     if not info_path.exists():
@@ -68,12 +71,23 @@ def load_run(path: str | Path, registry: Registry | None = None) -> Run:
                              "or a file written by dr-sample --export")
     info = json.loads(info_path.read_text())
     run = _build_for_sampling(info["config"], info.get("recipe_text", ""), str(info_path), path, registry)
-    latest = ckpt.find_latest(path / "checkpoints")
-    if latest is None:
-        raise DiffRatioError(f"{path} has no checkpoint yet; train first (dr-train ...)")
-    state = ckpt.load_state(latest, map_location=run.ctx.device)
+    if step is None:
+        chosen = ckpt.find_latest(path / "checkpoints")
+        if chosen is None:
+            raise DiffRatioError(f"{path} has no checkpoint yet; train first (dr-train ...)")
+    else:
+        steps = {int(p.name): p for p in ckpt.list_checkpoints(path / "checkpoints")}
+        if step not in steps:
+            raise DiffRatioError(f"{path} has no checkpoint of step {step}; it has steps {sorted(steps) or 'none'} "
+                                 "(run.keep_checkpoints = 0 keeps every one)")
+        chosen = steps[step]
+        problem = ckpt.verify_checkpoint(chosen)
+        if problem:
+            raise DiffRatioError(f"checkpoint {chosen} is damaged: {problem}")
+    state = ckpt.load_state(chosen, map_location=run.ctx.device)
     run.method.load_state_dict(state["method"])
     run.step = int(state["step"])
+    run.train_seconds = float(state.get("train_seconds", 0.0))
     return run
 
 
