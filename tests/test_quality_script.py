@@ -1,0 +1,53 @@
+"""benchmarks/quality.py: which evaluations it plans from the checkpoints on disk, and how it shares them out."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+from pathlib import Path
+
+from conftest import ROOT
+
+
+def load_quality():  # noqa: ANN201 - a module loaded from a file
+    spec = importlib.util.spec_from_file_location("quality", ROOT / "benchmarks" / "quality.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_jobs_cover_every_checkpoint_and_shards_balance(tmp_path: Path) -> None:
+    q = load_quality()
+    for name, steps in {"pretrain": [3000], "diffratio-dijs": [500, 1000, 1234], "vsd": [500, 900]}.items():
+        for s in steps:
+            (tmp_path / name / "checkpoints" / f"{s:09d}").mkdir(parents=True)
+    args = argparse.Namespace(num=100, curve_num=20, sweep_num=50, sigma=0.03)
+    jobs = q.jobs(tmp_path, args)
+    keys = [j["key"] for j in jobs]
+    assert len(keys) == len(set(keys))
+    by_kind: dict[str, list[dict]] = {}
+    for j in jobs:
+        by_kind.setdefault(j["kind"], []).append(j)
+    # curves: every checkpoint but the last of each one-step run; finals: each run's last and the pretraining
+    assert sorted((j["run"], j["step"]) for j in by_kind["curve"]) == [("diffratio-dijs", 500),
+                                                                        ("diffratio-dijs", 1000), ("vsd", 500)]
+    assert sorted((j["run"], j["step"]) for j in by_kind["final"]) == [("diffratio-dijs", 1234), ("pretrain", 3000),
+                                                                        ("vsd", 900)]
+    # the verifier: N in 2..16, best and SIR, of DiffRatio-DiJS's last checkpoint; the sigma sweep at N = 8
+    assert len(by_kind["verifier"]) == 2 * len(q.CANDIDATES)
+    assert {j["step"] for j in by_kind["verifier"] + by_kind["sigma"]} == {1234}
+    assert sorted(j["sigma"] for j in by_kind["sigma"]) == sorted(q.SIGMA_SWEEP)
+    assert next(j for j in by_kind["final"] if j["run"] == "pretrain")["cost"] > by_kind["final"][0]["cost"] / 2
+
+    parts = q.shards(jobs, 3)
+    assert sorted(k["key"] for p in parts for k in p) == sorted(keys)
+    loads = sorted(sum(j["cost"] for j in p) for p in parts)
+    assert loads[-1] - loads[0] <= max(j["cost"] for j in jobs)  # greedy longest-first: within one job
+
+
+def test_done_keys_skip_finished_evaluations(tmp_path: Path) -> None:
+    q = load_quality()
+    (tmp_path / "results-0.jsonl").write_text('{"key": "a", "fid": 1.0}\n\n{"key": "b", "fid": 2.0}\n')
+    (tmp_path / "results-x1.jsonl").write_text('{"key": "c", "fid": 3.0}\n')
+    assert q.done_keys(tmp_path) == {"a", "b", "c"}
