@@ -170,7 +170,9 @@ def evaluate(args: argparse.Namespace) -> None:
     for i, part in enumerate(shards(todo, len(gpus))):
         jobs_file = eval_dir / f"jobs-{i}.json"
         jobs_file.write_text(json.dumps(part))
-        env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpus[i], "PYTHONUNBUFFERED": "1"}
+        # one worker per GPU: split the CPU threads between them (NumPy statistics, k-NN fallbacks)
+        threads = str(max(1, (os.cpu_count() or 1) // len(gpus)))
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpus[i], "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": threads}
         procs[f"worker {i}"] = subprocess.Popen([sys.executable, __file__, "_worker", *worker_args, "--jobs",
                                                  str(jobs_file), "--out", str(eval_dir / f"results-{i}.jsonl")],
                                                 env=env)
@@ -212,7 +214,7 @@ class Evaluator:
         images = self.dataset.to_image(samples)
         feats = self.net(images, batch_size=200)
         gen = self.fidlib.FeatureStats.from_features(feats)
-        out = {**job, "fid": gen.frechet_distance(self.ref), "train_seconds": run.train_seconds,
+        out = {**job, "fid": gen.frechet_distance(self.ref, device=self.device), "train_seconds": run.train_seconds,
                "sample_ms_per_image": 1e3 * seconds / job["num"],
                "evaluations": getattr(run.method.config, "sample_steps", 0) * 2 - 1 if job["run"] == "pretrain"
                else job.get("candidates", 1)}

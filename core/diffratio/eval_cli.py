@@ -105,7 +105,7 @@ def fid(samples: Path, ref: str, num: int | None, num_ref: int | None, with_pr: 
                                        batch_size=batch)
     images = fidlib.load_images_npz(samples, num)
     feats = net(images, batch_size=batch)
-    value = fidlib.FeatureStats.from_features(feats).frechet_distance(ref_stats)
+    value = fidlib.FeatureStats.from_features(feats).frechet_distance(ref_stats, device=net.device)
     result: dict[str, Any] = {"fid": value, "num_samples": len(feats), "num_reference": ref_stats.count,
                               "samples": str(samples), "reference": ref, "weights": str(net.path),
                               "weights_sha1": net.sha1}

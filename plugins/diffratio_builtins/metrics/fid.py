@@ -80,7 +80,7 @@ class FID(Metric):
         ref = self.reference_stats(ctx)
         feats = self.features(generated_images(ctx, cfg.num_samples, "fid"), ctx.device)
         gen = fidlib.FeatureStats.from_features(feats)
-        out = {"fid": gen.frechet_distance(ref)}
+        out = {"fid": gen.frechet_distance(ref, device=ctx.device)}
         if cfg.precision_recall:
             assert ref.features is not None
             n = min(len(feats), len(ref.features))
