@@ -307,6 +307,8 @@ GPU_CASES = {
     "deepspeed-zero2-bf16": ["strategy.name=deepspeed", "strategy.device='cuda'", "strategy.zero_stage=2",
                              "strategy.precision='bf16'"],
     "deepspeed-zero3": ["strategy.name=deepspeed", "strategy.device='cuda'", "strategy.zero_stage=3"],
+    "deepspeed-zero2-compile": ["strategy.name=deepspeed", "strategy.device='cuda'", "strategy.zero_stage=2",
+                                "strategy.compile=true"],
 }
 two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
 
