@@ -11,11 +11,17 @@ verifier's sigma). Every stage resumes: re-running a command continues the runs 
 checkpoints and skips evaluations already in ``RUNS/eval/``.
 
     python benchmarks/quality.py train --runs runs/quality --gpus 0,1,2,3 --seconds 540 \\
-        --pretrain-seconds 240 --set dataset.root=PATH          # again to train further
+        --pretrain-seconds 240 --set root=PATH                  # again to train further
     python benchmarks/quality.py evaluate --runs runs/quality --gpus 0,1,2,3 [--weights FID.pt]
     python benchmarks/quality.py report --runs runs/quality    # markdown tables
 
 The data set options (``--set``) are those of the ``fashion-mnist`` data set and go to every stage.
+The study of the defaults trains DiffRatio-DiJS variants from the same pretraining, one per GPU (more
+go in waves), each compared at its end with the same FID-10k:
+
+    python benchmarks/quality.py train --runs runs/quality --gpus 0,1,2,3 --seconds 540 --methods none \\
+        --variant 'sigma_init-1: generator.sigma_init=1.0' --variant 'ratio_steps-2: method.ratio_steps=2' \\
+        --variant "w-one: schedule.generator_weighting='one'" --variant 'p_mean--0.4: schedule.p_mean=-0.4'
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ ONE_STEP = {  # run name -> (recipe, extra --set)
     "diffratio-reverse-kl": ("fashion-mnist.toml", ["divergence.name='reverse-kl'"]),
     "vsd": ("fashion-mnist-vsd.toml", []),
 }
+STUDY_PREFIX = "study-"  # runs of --variant: DiffRatio-DiJS with other settings (the defaults study)
 VERIFIED = "diffratio-dijs"  # the run sampled with its ratio estimator as a verifier
 CANDIDATES = (2, 4, 8, 16)
 SIGMA_SWEEP = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0)  # verifier sigmas tried at N = 8 (SIR)
@@ -82,8 +89,29 @@ def last_step(run_dir: Path) -> int:
     return int(found[-1].name) if found else 0
 
 
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    """``'LABEL: KEY=VALUE ...'`` (values without spaces) -> (run name ``study-LABEL``, the overrides)."""
+    label, _, sets = text.partition(":")
+    if not label.strip() or not sets.split() or not all("=" in kv for kv in sets.split()):
+        raise SystemExit(f"--variant {text!r}: expected 'LABEL: KEY=VALUE ...' (values without spaces)")
+    return STUDY_PREFIX + label.strip(), sets.split()
+
+
+def plan(args: argparse.Namespace) -> list[tuple[str, str, list[str]]]:
+    """(run name, recipe, its own overrides) of every one-step run this call trains."""
+    names = list(ONE_STEP) if args.methods == "all" else [] if args.methods == "none" else args.methods.split(",")
+    unknown = [n for n in names if n not in ONE_STEP]
+    if unknown:
+        raise SystemExit(f"--methods: unknown {unknown}; choose from {sorted(ONE_STEP)}, 'all' or 'none'")
+    runs = [(n, *ONE_STEP[n]) for n in names]
+    # a study variant is DiffRatio-DiJS (recipes/fashion-mnist.toml) with its own overrides
+    runs += [(name, "fashion-mnist.toml", sets) for name, sets in map(parse_variant, args.variants)]
+    return runs
+
+
 def train(args: argparse.Namespace) -> None:
     runs, gpus = Path(args.runs), args.gpus.split(",")
+    todo = plan(args)
     runs.mkdir(parents=True, exist_ok=True)
     cache = runs / "cache"
     data = [f"dataset.{s}" for s in args.sets] + args.recipe_sets
@@ -91,12 +119,19 @@ def train(args: argparse.Namespace) -> None:
     if last_step(pre) < args.pretrain_steps:
         p = dr_train("fashion-mnist-pretrain.toml", pre, [f"run.steps={args.pretrain_steps}", *data], gpus[0], cache)
         wait_all({"pretrain": p}, args.pretrain_seconds)
-    log(f"pretraining at step {last_step(pre)}; one-step runs for {args.seconds:.0f} s each")
+    if args.pretrain_only or not todo:
+        return
     common = [f"method.init='{pre}'", "run.steps=1000000", f"run.checkpoint_every={args.every}",
               "run.keep_checkpoints=0", "run.sample_every=0", *data]
-    procs = {name: dr_train(recipe, runs / name, [*extra, *common], gpus[i % len(gpus)], cache)
-             for i, (name, (recipe, extra)) in enumerate(ONE_STEP.items())}
-    wait_all(procs, args.seconds)
+    # one run per GPU at a time; more runs than GPUs go in waves, each for the same wall time
+    for first in range(0, len(todo), len(gpus)):
+        wave = todo[first:first + len(gpus)]
+        log(f"pretraining at step {last_step(pre)}; {[n for n, *_ in wave]} for {args.seconds:.0f} s each")
+        procs = {}
+        for gpu, (name, recipe, extra) in zip(gpus, wave, strict=False):
+            (runs / f"{name}.sets.json").write_text(json.dumps(extra))
+            procs[name] = dr_train(recipe, runs / name, [*extra, *common], gpu, cache)
+        wait_all(procs, args.seconds)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -115,10 +150,12 @@ def jobs(runs: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
 
     from diffratio.checkpoint import list_checkpoints
 
-    for name in ONE_STEP:
+    studies = sorted(p.name for p in runs.glob(STUDY_PREFIX + "*") if p.is_dir())
+    for name in [*ONE_STEP, *studies]:
         steps = [int(p.name) for p in list_checkpoints(runs / name / "checkpoints")]
-        for step in steps[:-1]:
-            add(kind="curve", run=name, step=step, num=args.curve_num)
+        if name in ONE_STEP:  # the study's runs are compared at their end only
+            for step in steps[:-1]:
+                add(kind="curve", run=name, step=step, num=args.curve_num)
         if steps:
             add(kind="final", run=name, step=steps[-1], num=args.num)
     pre = [int(p.name) for p in list_checkpoints(runs / "pretrain" / "checkpoints")]
@@ -261,10 +298,14 @@ def report(args: argparse.Namespace) -> None:
     rows = [json.loads(line) for f in sorted((runs / "eval").glob("results-*.jsonl"))
             for line in f.read_text().splitlines() if line.strip()]
     params = {}
-    for name in ["pretrain", *ONE_STEP]:
+    variants = {}
+    for name in ["pretrain", *ONE_STEP, *(p.name for p in runs.glob(STUDY_PREFIX + "*") if p.is_dir())]:
         info = runs / name / "run.json"
         if info.exists():
             params[name] = json.loads(info.read_text()).get("parameters", {})
+        sets = runs / f"{name}.sets.json"
+        if sets.exists():
+            variants[name] = " ".join(json.loads(sets.read_text()))
 
     def fmt(v: Any) -> str:
         return f"{v:.4g}" if isinstance(v, float) else str(v)
@@ -279,9 +320,10 @@ def report(args: argparse.Namespace) -> None:
     for r in finals:
         r["gpu_minutes"] = r["train_seconds"] / 60
         r["parameters"] = ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in params.get(r["run"], {}).items())
+        r["settings"] = variants.get(r["run"], "")
     print(f"### Final generators (FID-{finals[0]['num'] if finals else 0}, precision, recall)\n")
-    table(["run", "evaluations", "fid", "precision", "recall", "step", "gpu_minutes", "sample_ms_per_image",
-           "parameters"], finals)
+    table(["run", "settings", "evaluations", "fid", "precision", "recall", "step", "gpu_minutes",
+           "sample_ms_per_image", "parameters"], finals)
     print("### Along training (FID of the EMA generator at each checkpoint)\n")
     curve = sorted((r for r in rows if r["kind"] in ("curve", "final") and r["run"] in ONE_STEP),
                    key=lambda r: (r["run"], r["step"]))
@@ -306,6 +348,10 @@ def main() -> None:
     t.add_argument("--seconds", type=float, default=600, help="wall time of this call's one-step training")
     t.add_argument("--pretrain-steps", type=int, default=3000)
     t.add_argument("--pretrain-seconds", type=float, default=300)
+    t.add_argument("--pretrain-only", action="store_true", help="stop after the pretraining")
+    t.add_argument("--methods", default="all", help=f"comma-separated among {', '.join(ONE_STEP)}; all or none")
+    t.add_argument("--variant", dest="variants", action="append", default=[],
+                   help="'LABEL: KEY=VALUE ...': also DiffRatio-DiJS with these overrides, as run study-LABEL")
     t.add_argument("--every", type=int, default=250, help="steps between kept checkpoints (the FID curve)")
     t.add_argument("--set", dest="sets", action="append", default=[], help="data set option KEY=VALUE")
     t.add_argument("--recipe-set", dest="recipe_sets", action="append", default=[],

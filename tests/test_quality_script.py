@@ -6,6 +6,8 @@ import argparse
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 from conftest import ROOT
 
 
@@ -51,3 +53,28 @@ def test_done_keys_skip_finished_evaluations(tmp_path: Path) -> None:
     (tmp_path / "results-0.jsonl").write_text('{"key": "a", "fid": 1.0}\n\n{"key": "b", "fid": 2.0}\n')
     (tmp_path / "results-x1.jsonl").write_text('{"key": "c", "fid": 3.0}\n')
     assert q.done_keys(tmp_path) == {"a", "b", "c"}
+
+
+def test_plan_of_methods_and_study_variants(tmp_path: Path) -> None:
+    q = load_quality()
+
+    def args(methods: str, *variants: str) -> argparse.Namespace:
+        return argparse.Namespace(methods=methods, variants=list(variants))
+
+    assert [name for name, *_ in q.plan(args("all"))] == list(q.ONE_STEP)
+    got = q.plan(args("vsd", "lr: method.generator_optimizer.lr=1e-4 generator.sigma_init=1.0"))
+    study = ("study-lr", "fashion-mnist.toml", ["method.generator_optimizer.lr=1e-4", "generator.sigma_init=1.0"])
+    assert got == [("vsd", "fashion-mnist-vsd.toml", []), study]
+    assert q.plan(args("none")) == []
+    with pytest.raises(SystemExit, match="unknown"):
+        q.plan(args("dijs"))
+    with pytest.raises(SystemExit, match="LABEL: KEY=VALUE"):
+        q.plan(args("none", "no-colon"))
+
+    # study runs get a final evaluation (no curve)
+    for name, steps in {"study-lr": [500, 700], "diffratio-kl": [500, 700]}.items():
+        for s in steps:
+            (tmp_path / name / "checkpoints" / f"{s:09d}").mkdir(parents=True)
+    jobs = q.jobs(tmp_path, argparse.Namespace(num=10, curve_num=5, sweep_num=5, sigma=0.03))
+    assert sorted((j["kind"], j["run"], j["step"]) for j in jobs) == [
+        ("curve", "diffratio-kl", 500), ("final", "diffratio-kl", 700), ("final", "study-lr", 700)]
