@@ -196,11 +196,10 @@ def _agreement_worker(rank: int, port: int, out: str) -> None:
 def test_ranks_agree_on_flags_nonfinite_steps_and_updates(tmp_path: Path) -> None:
     import torch.multiprocessing as mp
 
-    # fork: the workers start without importing torch again (CPU only); spawn where this process holds a
-    # process group that a forked worker would inherit (DeepSpeed keeps its group until the process ends)
-    method = "spawn" if torch.distributed.is_initialized() else "fork"
+    # spawn, not fork: a forked worker inherits the state of this process's threads (and any process group
+    # it holds); one forked worker was seen to hang at exit after writing its result
     mp.start_processes(_agreement_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True,
-                       start_method=method)
+                       start_method="spawn")
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     for r in (r0, r1):
         assert r["flags"] == [1.0, 0.0, 15.0]  # a stop request (signal 15) of rank 1 reaches rank 0
