@@ -36,6 +36,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 ONE_STEP = {  # run name -> (recipe, extra --set)
     "diffratio-dijs": ("fashion-mnist.toml", ["divergence.name='dijs'"]),
@@ -53,13 +55,13 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def dr_train(recipe: str, run_dir: Path, sets: list[str], gpu: str, cache: Path) -> subprocess.Popen[bytes]:
+def dr_train(recipe: str, run_dir: Path, sets: list[str], gpu: str) -> subprocess.Popen[bytes]:
     """Start ``dr-train`` on one GPU, appending its output to ``RUN_DIR.log``."""
     cmd = [sys.executable, "-m", "diffratio", "train", str(REPO / "recipes" / recipe), "--run-dir", str(run_dir),
            "--no-progress", "--set", "loggers.console={}"]
     for s in sets:
         cmd += ["--set", s]
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu, "DIFFRATIO_CACHE": str(cache), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu, "PYTHONUNBUFFERED": "1"}
     logfile = open(run_dir.with_suffix(".log"), "ab")  # noqa: SIM115 - closed with the process below
     log(f"{run_dir.name} on GPU {gpu}: {' '.join(cmd[3:])}")
     return subprocess.Popen(cmd, env=env, stdout=logfile, stderr=subprocess.STDOUT, cwd=REPO)
@@ -113,11 +115,10 @@ def train(args: argparse.Namespace) -> None:
     runs, gpus = Path(args.runs), args.gpus.split(",")
     todo = plan(args)
     runs.mkdir(parents=True, exist_ok=True)
-    cache = runs / "cache"
     data = [f"dataset.{s}" for s in args.sets] + args.recipe_sets
     pre = runs / "pretrain"
     if last_step(pre) < args.pretrain_steps:
-        p = dr_train("fashion-mnist-pretrain.toml", pre, [f"run.steps={args.pretrain_steps}", *data], gpus[0], cache)
+        p = dr_train("fashion-mnist-pretrain.toml", pre, [f"run.steps={args.pretrain_steps}", *data], gpus[0])
         wait_all({"pretrain": p}, args.pretrain_seconds)
     if args.pretrain_only or not todo:
         return
@@ -130,7 +131,7 @@ def train(args: argparse.Namespace) -> None:
         procs = {}
         for gpu, (name, recipe, extra) in zip(gpus, wave, strict=False):
             (runs / f"{name}.sets.json").write_text(json.dumps(extra))
-            procs[name] = dr_train(recipe, runs / name, [*extra, *common], gpu, cache)
+            procs[name] = dr_train(recipe, runs / name, [*extra, *common], gpu)
         wait_all(procs, args.seconds)
 
 
@@ -261,11 +262,8 @@ class Evaluator:
                                                                            device=self.device)
         if diag:
             out["mean_ess"] = float(diag["ess"].mean())
-        if job["kind"] == "final":
-            np_images = images.numpy()
-            import numpy as np
-
-            np.savez_compressed(self.runs / "eval" / f"samples-{job['run']}.npz", images=np_images[:100])
+        if job["kind"] == "final":  # the first 100 images, for a picture of each final generator
+            np.savez_compressed(self.runs / "eval" / f"samples-{job['run']}.npz", images=images[:100].numpy())
         return out
 
 

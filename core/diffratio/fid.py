@@ -259,17 +259,8 @@ def _numerical_zero(w: Tensor) -> Tensor:
     return torch.where(w > tol, w, torch.zeros_like(w))
 
 
-def _float64(a: np.ndarray | Tensor, device: torch.device) -> Tensor:
-    return torch.as_tensor(np.asarray(a, np.float64) if not isinstance(a, Tensor) else a, device=device,
-                           dtype=torch.float64)
-
-
-def psd_sqrt(a: np.ndarray | Tensor, device: str | torch.device = "cpu") -> np.ndarray:
-    """Symmetric square root of a symmetric positive semi-definite matrix (float64)."""
-    return _psd_sqrt(_float64(a, torch.device(device))).cpu().numpy()
-
-
-def _psd_sqrt(a: Tensor) -> Tensor:
+def psd_sqrt(a: Tensor) -> Tensor:
+    """Symmetric square root of a symmetric positive semi-definite float64 matrix."""
     w, v = torch.linalg.eigh(_sym(a))
     return (v * torch.sqrt(_numerical_zero(w))) @ v.T
 
@@ -288,9 +279,8 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
     if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.size, mu1.size):
         raise ValueError(f"mismatched statistics: mu {mu1.shape} vs {mu2.shape}, sigma {s1.shape} vs {s2.shape}")
-    dev = torch.device(device)
-    t1, t2 = _float64(s1, dev), _float64(s2, dev)
-    r1 = _psd_sqrt(t1)
+    t1, t2 = (torch.as_tensor(s, device=device) for s in (s1, s2))  # float64, as s1 and s2
+    r1 = psd_sqrt(t1)
     eig = torch.linalg.eigvalsh(_sym(r1 @ t2 @ r1))
     tr_covmean = float(torch.sqrt(_numerical_zero(eig)).sum())
     diff = mu1 - mu2
