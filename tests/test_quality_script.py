@@ -78,3 +78,19 @@ def test_plan_of_methods_and_study_variants(tmp_path: Path) -> None:
     jobs = q.jobs(tmp_path, argparse.Namespace(num=10, curve_num=5, sweep_num=5, sigma=0.03))
     assert sorted((j["kind"], j["run"], j["step"]) for j in jobs) == [
         ("curve", "diffratio-kl", 500), ("final", "diffratio-kl", 700), ("final", "study-lr", 700)]
+
+
+def test_waves_share_each_gpu_before_the_next_wave() -> None:
+    q = load_quality()
+    runs = ["a", "b", "c", "d", "e"]
+    assert q.waves(runs, ["0", "1"], 1) == [[("0", "a"), ("1", "b")], [("0", "c"), ("1", "d")], [("0", "e")]]
+    # two per GPU: spread over the GPUs first, then doubled up; the fifth run waits for a second wave
+    assert q.waves(runs, ["0", "1"], 2) == [[("0", "a"), ("1", "b"), ("0", "c"), ("1", "d")], [("0", "e")]]
+
+
+def test_evaluate_rejects_an_unknown_kind(tmp_path: Path) -> None:
+    q = load_quality()
+    args = argparse.Namespace(runs=str(tmp_path), gpus="0", kinds="final,curves", num=10, curve_num=5, sweep_num=5,
+                              sigma=0.02, weights="")
+    with pytest.raises(SystemExit, match=r"--kinds: unknown \['curves'\]; choose from final, curve, verifier, sigma"):
+        q.evaluate(args)

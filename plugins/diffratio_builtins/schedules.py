@@ -15,7 +15,9 @@ Weighting = Literal["sigma2", "one", "snr", "edm"]
 
 
 def apply_weighting(kind: str, sigma: Tensor, sigma_data: float = 0.5) -> Tensor:
-    """``sigma2``: w = sigma^2 (sigma^2 grad f is in data units; the default), ``one``: w = 1,
+    """``sigma2``: w = sigma^2 (sigma^2 grad f is in data units; the default, and VSD's), ``one``: w = 1
+    (what the DiffRatio recipes use: measured far better on 2-D data and Fashion-MNIST, docs/results.md
+    section 8, since sigma^2 leaves the small noise levels that resolve detail almost no weight),
     ``snr``: w = sigma^2 / (sigma^2 + sigma_data^2) (bounded), ``edm``: EDM's 1 / c_out^2."""
     if kind == "sigma2":
         return sigma**2
