@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -63,3 +64,13 @@ def assert_same(a: object, b: object, path: str = "") -> None:
             assert_same(x, y, f"{path}[{i}]")
     else:
         assert a == b, path
+
+
+def logged(output: str) -> dict[str, list[float]]:
+    """Scalars of the console logger's ``step N: k=v ...`` lines."""
+    values: dict[str, list[float]] = {}
+    for line in output.splitlines():
+        if re.match(r"^step \d+: ", line):
+            for k, v in re.findall(r"(\S+)=(\S+)", line):
+                values.setdefault(k, []).append(float(v))
+    return values

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,8 @@ from diffratio.cli import train
 from diffratio.losses import generator_loss
 from diffratio_builtins.divergences import ReverseKL
 from diffratio_builtins.methods.vsd import score_difference, vsd_generator_loss
+
+from conftest import logged
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["run.batch_size=64", "run.log_every=10", "run.checkpoint_every=1000", "backbone.hidden=32",
@@ -39,16 +40,6 @@ def dr_train(recipe: str, run_dir: Path, *sets: str) -> tuple[int, str]:
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception
     return result.exit_code, result.output
-
-
-def logged(output: str) -> dict[str, list[float]]:
-    """Scalars of the console logger's ``step N: k=v ...`` lines."""
-    values: dict[str, list[float]] = {}
-    for line in output.splitlines():
-        if re.match(r"^step \d+: ", line):
-            for k, v in re.findall(r"(\S+)=(\S+)", line):
-                values.setdefault(k, []).append(float(v))
-    return values
 
 
 def check_run(run_dir: Path, output: str, steps: int, losses: tuple[str, ...]) -> None:

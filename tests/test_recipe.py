@@ -72,6 +72,17 @@ def test_nested_config_paths() -> None:
     assert any(e.startswith("recipe.method.generator_optimizer.betas: expected an array of 2") for e in errs)
 
 
+def test_lr_decay_errors_name_their_paths() -> None:
+    doc = base()
+    doc["method"]["generator_optimizer"] = {"lr_decay": "cosin", "lr_final": 2.0}
+    doc["method"]["ratio_optimizer"] = {"lr_decay_start": 1.0}
+    errs = errors_of(doc)
+    assert "recipe.method.generator_optimizer.lr_decay: must be one of 'none', 'cosine', 'linear', got 'cosin'" in errs
+    errs = errors_of(doc, "method.generator_optimizer.lr_decay='cosine'")
+    assert errs == ["recipe.method.generator_optimizer.lr_final: must be <= 1, got 2.0",
+                    "recipe.method.ratio_optimizer.lr_decay_start: must be < 1, got 1.0"]
+
+
 def test_unknown_component_lists_choices() -> None:
     doc = base()
     doc["divergence"] = {"name": "jsd"}

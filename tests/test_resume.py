@@ -12,7 +12,7 @@ import pytest
 
 from diffratio.checkpoint import find_latest, load_state
 
-from conftest import RECIPES, TINY, assert_same, run_cli, script, sets
+from conftest import RECIPES, TINY, assert_same, logged, run_cli, script, sets
 
 ARGS = [str(RECIPES / "toy2d.toml"), "--no-progress",
         *sets(*TINY, "run.steps=400", "run.checkpoint_every=25", "run.log_every=25", "strategy.threads=1",
@@ -25,8 +25,9 @@ def final_state(run_dir: Path) -> dict:
     return load_state(latest)["method"]
 
 
-def interrupt_after_first_checkpoint(run_dir: Path, sig: signal.Signals) -> subprocess.CompletedProcess:
-    proc = subprocess.Popen([script("dr-train"), *ARGS, "--run-dir", str(run_dir)], stdout=subprocess.PIPE,
+def interrupt_after_first_checkpoint(run_dir: Path, sig: signal.Signals, args: list[str] = ARGS
+                                     ) -> subprocess.CompletedProcess:
+    proc = subprocess.Popen([script("dr-train"), *args, "--run-dir", str(run_dir)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not (run_dir / "checkpoints" / "latest").exists():
@@ -74,6 +75,29 @@ def test_rerun_of_finished_run_changes_nothing(reference: dict, tmp_path: Path) 
     again = run_cli("dr-train", *ARGS, "--run-dir", str(tmp_path))
     assert again.returncode == 0 and "resuming from step 400" in again.stdout
     assert_same(final_state(tmp_path), reference)
+
+
+def test_lr_decay_resumes_bit_exact(reference: dict, tmp_path: Path) -> None:
+    """The learning rate is a function of the step alone: a run with decaying learning rates (the ratio
+    estimator's already decaying at the kill, the generator's from step 100) resumes bit for bit."""
+    args = [*ARGS, *sets("method.generator_optimizer.lr_decay='cosine'",
+                         "method.generator_optimizer.lr_decay_start=0.25", "method.ratio_optimizer.lr_decay='linear'",
+                         "method.ratio_optimizer.lr_final=0.1", "loggers.console={}")]
+    whole = run_cli("dr-train", *args, "--run-dir", str(tmp_path / "whole"))
+    assert whole.returncode == 0, whole.stderr
+    lrs = logged(whole.stdout)
+    gen, ratio = lrs["generator/lr"], lrs["ratio/lr"]  # means over each 25-step log interval
+    assert len(gen) == 16 and gen[:4] == pytest.approx([1e-4] * 4) and gen[4] < 0.999e-4 and gen[-1] < 2e-6
+    assert ratio[0] < 1e-3 and 1e-4 < ratio[-1] < 1.5e-4  # linear down to 0.1 * 1e-3
+    assert gen == sorted(gen, reverse=True) and ratio == sorted(ratio, reverse=True)
+    with pytest.raises(AssertionError):  # the decay did change training
+        assert_same(final_state(tmp_path / "whole"), reference)
+    killed = interrupt_after_first_checkpoint(tmp_path / "resumed", signal.SIGKILL, args)
+    assert killed.returncode == -signal.SIGKILL
+    res = run_cli("dr-train", *args, "--run-dir", str(tmp_path / "resumed"))
+    assert res.returncode == 0, res.stderr
+    assert "resuming from step" in res.stdout
+    assert_same(final_state(tmp_path / "resumed"), final_state(tmp_path / "whole"))
 
 
 def test_resume_refuses_changed_meaning_allows_harmless(tmp_path: Path) -> None:

@@ -237,12 +237,18 @@ def train_in_process(run_dir: Path, *extra: str) -> str:
     return out.getvalue()
 
 
-@pytest.mark.parametrize("stage", [1, 2, 3])
+#: learning-rate decays of both models, both under way at the resume step (10 of 20)
+DECAY = ("method.generator_optimizer.lr_decay='cosine'", "method.generator_optimizer.lr_decay_start=0.25",
+         "method.ratio_optimizer.lr_decay='linear'", "method.ratio_optimizer.lr_final=0.1")
+
+
+@pytest.mark.parametrize(("stage", "decay"), [(1, ()), (2, ()), (3, ()), (2, DECAY)], ids=["1", "2", "3", "2-decay"])
 def test_deepspeed_resumes_bit_exact_from_its_own_checkpoint(deepspeed_installed: None, stage: int,
-                                                             tmp_path: Path) -> None:
+                                                             decay: tuple[str, ...], tmp_path: Path) -> None:
     """One process: one engine per model, each with its own Adam; DeepSpeed's own checkpoint files inside
-    the atomic checkpoint folder; the generator EMA a full copy (gathered under ZeRO-3)."""
-    extra = ("run.steps=20", "strategy.name=deepspeed", f"strategy.zero_stage={stage}")
+    the atomic checkpoint folder; the generator EMA a full copy (gathered under ZeRO-3). With ``decay``,
+    the learning rates (set in each engine's optimiser before its step) resume bit for bit too."""
+    extra = ("run.steps=20", "strategy.name=deepspeed", f"strategy.zero_stage={stage}", *decay)
     reference = tmp_path / "reference"
     train_in_process(reference, *extra)
     ck = find_latest(reference / "checkpoints")

@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import attrs
 import torch
@@ -265,6 +265,8 @@ class Trainable(ABC):
 
     module: nn.Module
     raw: nn.Module
+    #: the model's optimiser settings, as given to ``Strategy.prepare``
+    optim: OptimizerConfig
     #: whether the last ``step()`` applied its update; a 0-d bool tensor on the device (reading it waits
     #: for the step) or a bool
     last_step_ok: Tensor | bool = True
@@ -285,6 +287,19 @@ class Trainable(ABC):
         When the loss or any gradient is not finite, skip the update (best decided on the device, without
         waiting for it) and set ``last_step_ok`` false; the gradients are zeroed either way.
         """
+
+    def set_lr(self, lr: float) -> None:
+        """Set the optimiser's learning rate for the following steps."""
+        raise NotImplementedError(f"{type(self).__name__} cannot change its learning rate")
+
+    def schedule_lr(self, step: int, total: int) -> float | None:
+        """Set the learning rate of global step ``step`` of ``total`` (``OptimizerConfig.lr_at``) and return
+        it; methods call it at the start of each ``train_step``. None, and nothing set, without a decay."""
+        if self.optim.lr_decay == "none":
+            return None
+        lr = self.optim.lr_at(step, total)
+        self.set_lr(lr)
+        return lr
 
     @abstractmethod
     def state_dict(self) -> dict[str, Any]: ...
@@ -314,6 +329,26 @@ class OptimizerConfig:
     weight_decay: float = 0.0  # decoupled weight decay (AdamW when > 0)
     eps: float = 1e-8  # added to the root of the second moment (Adam's epsilon)
     grad_clip: float = 0.0  # clip the gradients' total L2 norm to this; 0 = off
+    lr_decay: Literal["none", "cosine", "linear"] = "none"  # decay of lr over the run: none, cosine or linear
+    lr_decay_start: float = attrs.field(default=0.0, validator=[attrs.validators.ge(0), attrs.validators.lt(1)])
+    # ^ fraction of run.steps after which the decay begins (0 = from the first step)
+    lr_final: float = attrs.field(default=0.0, validator=[attrs.validators.ge(0), attrs.validators.le(1)])
+    # ^ learning rate at the last step, as a fraction of lr
+
+    def lr_at(self, step: int, total: int) -> float:
+        """The learning rate of global step ``step`` (0-based) of a run of ``total`` steps: ``lr`` until
+        ``lr_decay_start * total``, then down to ``lr_final * lr`` at step ``total - 1`` along a half cosine
+        or a line (and stays there). A pure function of the step, so nothing is checkpointed and a
+        resumed run continues bit for bit; extending a finished run (a larger ``run.steps``) re-spreads the
+        decay over the new length."""
+        if self.lr_decay == "none":
+            return self.lr
+        start = self.lr_decay_start * total
+        if step <= start:
+            return self.lr
+        t = min(1.0, (step - start) / (total - 1 - start)) if total - 1 > start else 1.0
+        keep = 0.5 * (1.0 + math.cos(math.pi * t)) if self.lr_decay == "cosine" else 1.0 - t
+        return self.lr * (self.lr_final + (1.0 - self.lr_final) * keep)
 
 
 class Strategy(Component, ABC):
@@ -400,6 +435,9 @@ class Method(Component, ABC):
     @abstractmethod
     def train_step(self, step: int) -> dict[str, float]:
         """Run one iteration (ratio steps then one generator step, say); return scalars to log.
+
+        Call each trained model's ``Trainable.schedule_lr(step, ctx.settings.steps)`` first, so that the
+        learning-rate decay of its ``OptimizerConfig`` applies.
 
         Return values may be 0-d tensors; the engine reads one finite-check of their sum per step and
         averages them only when logging. Return each network's ``grad_norm`` so non-finite steps are counted.

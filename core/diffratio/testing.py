@@ -719,7 +719,7 @@ def check_strategy(cls: type, config: Any = None) -> None:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(16, 3, generator=g).to(dev)
 
-    def prepare(name: str) -> Trainable:
+    def prepare(name: str, optim: OptimizerConfig = optim) -> Trainable:
         with _seeded(0):
             return strat.prepare(name, nn.Linear(3, 2), optim)
 
@@ -763,6 +763,16 @@ def check_strategy(cls: type, config: Any = None) -> None:
     rep.require(not _state_equal(weights(a), weights(b)),
                 "after load_state_dict (and a skipped step) the next step differs: the optimiser state is not "
                 "restored, or the skipped step changed it")
+    # the learning-rate decay reaches the optimiser: lr_final = 0 at the last step leaves the weights alone
+    c = prepare("conformance-lr", OptimizerConfig(lr=0.05, betas=(0.9, 0.99), lr_decay="linear"))
+    rep.require(c.schedule_lr(9, 10) == 0.0, "schedule_lr(last step) must return lr * lr_final = 0")
+    before = weights(c)
+    train(c)
+    rep.require(not _state_equal(before, weights(c)), "a step at learning rate 0 changed the parameters: "
+                "Trainable.set_lr does not reach the optimiser")
+    rep.require(c.schedule_lr(0, 10) == optim.lr, "schedule_lr(0) must return the configured lr")
+    train(c)
+    rep.require(bool(_state_equal(before, weights(c))), "a step after schedule_lr(0) did not train")
     reduced = strat.all_reduce_mean({"value": 1.5})
     rep.require(set(reduced) == {"value"} and math.isfinite(reduced["value"]), "all_reduce_mean changed the keys")
     if strat.world_size == 1:

@@ -9,7 +9,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from diffratio import DiffRatioError, full_parameters, plain_copy
+from diffratio import DiffRatioError, Trainable, full_parameters, plain_copy
 from diffratio.checkpoint import load_pretrained_denoiser
 
 
@@ -55,6 +55,13 @@ def update_ema(ema: nn.Module, module: nn.Module, decay: float, step: int, warmu
         torch._foreach_lerp_(ema_p, src_p, 1.0 - d)
         for b_ema, b in zip(ema.buffers(), module.buffers(), strict=True):
             b_ema.copy_(b)
+
+
+def scheduled_lrs(step: int, total: int, **trainables: Trainable) -> dict[str, float]:
+    """Set each trained model's learning rate for global step ``step`` of ``total`` (its optimiser config's
+    ``lr_decay``); return ``{"<name>/lr": lr}`` for those that decay, to be logged."""
+    lrs = {name: t.schedule_lr(step, total) for name, t in trainables.items()}
+    return {f"{name}/lr": lr for name, lr in lrs.items() if lr is not None}
 
 
 @contextmanager

@@ -16,7 +16,14 @@ from torch import Tensor
 
 from diffratio import Method, OptimizerConfig, count_parameters
 from diffratio.losses import accuracy, generator_loss, ratio_loss
-from diffratio_builtins.methods.common import EmaWarmup, frozen, load_denoiser_weights, make_ema, update_ema
+from diffratio_builtins.methods.common import (
+    EmaWarmup,
+    frozen,
+    load_denoiser_weights,
+    make_ema,
+    scheduled_lrs,
+    update_ema,
+)
 
 
 class DiffRatio(Method):
@@ -88,14 +95,15 @@ class DiffRatio(Method):
         return {"loss/generator": loss.detach(), "generator/logit": f.detach().mean(),
                 "generator/grad_norm": out["grad_norm"]}
 
-    def train_step(self, step: int) -> dict[str, Tensor]:
+    def train_step(self, step: int) -> dict[str, Tensor | float]:
+        lrs = scheduled_lrs(step, self.ctx.settings.steps, generator=self.gen, ratio=self.ratio)
         if not self.warmed_up:
             for _ in range(self.config.warmup_ratio_steps):
                 self.ratio_step()
             self.warmed_up = True
         for _ in range(self.config.ratio_steps):
             scalars = self.ratio_step()
-        return {**scalars, **self.generator_step(step)}
+        return {**scalars, **self.generator_step(step), **lrs}
 
     # ---- sampling and state ----
 

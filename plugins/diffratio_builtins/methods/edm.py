@@ -18,7 +18,7 @@ from torch import Tensor
 from diffratio import Method, OptimizerConfig, count_parameters
 from diffratio.edm import heun_sample
 from diffratio.losses import denoising_loss
-from diffratio_builtins.methods.common import EmaWarmup, load_denoiser_weights, make_ema, update_ema
+from diffratio_builtins.methods.common import EmaWarmup, load_denoiser_weights, make_ema, scheduled_lrs, update_ema
 
 _positive = attrs.validators.gt(0)
 
@@ -52,8 +52,9 @@ class EDM(Method):
         self.net = ctx.strategy.prepare("denoiser", denoiser, config.optimizer)
         self.ema = make_ema(self.net.raw)
 
-    def train_step(self, step: int) -> dict[str, Tensor]:
+    def train_step(self, step: int) -> dict[str, Tensor | float]:
         ctx, n = self.ctx, self.ctx.settings.batch_size
+        lrs = scheduled_lrs(step, ctx.settings.steps, denoiser=self.net)
         x, labels = ctx.real_batch(n)
         x = x.float()
         sigma = self.schedule.sample(n, ctx.device)
@@ -64,7 +65,7 @@ class EDM(Method):
         out = self.net.step()
         if self.net.last_step_ok:  # false when the update was skipped (non-finite loss or gradients)
             update_ema(self.ema, self.net.raw, self.config.ema_decay, step, self.config.ema_warmup)
-        return {"loss/denoising": loss.detach(), **{f"denoiser/{k}": v for k, v in out.items()}}
+        return {"loss/denoising": loss.detach(), **{f"denoiser/{k}": v for k, v in out.items()}, **lrs}
 
     @torch.no_grad()
     def sample(self, n: int, class_labels: Tensor | None = None) -> Tensor:

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from diffratio import DiffRatioError, Method, OptimizerConfig, append_dims, count_parameters
 from diffratio.losses import denoising_loss
-from diffratio_builtins.methods.common import EmaWarmup, load_denoiser_weights, make_ema, update_ema
+from diffratio_builtins.methods.common import EmaWarmup, load_denoiser_weights, make_ema, scheduled_lrs, update_ema
 
 Denoiser = Callable[..., Tensor]
 
@@ -120,17 +120,18 @@ class VSD(Method):
         gap = (diff * append_dims(sigma, diff.ndim) ** 2).flatten(1).norm(dim=1).mean()
         return {"loss/generator": loss.detach(), "generator/denoiser_gap": gap, "generator/grad_norm": out["grad_norm"]}
 
-    def train_step(self, step: int) -> dict[str, Tensor]:
+    def train_step(self, step: int) -> dict[str, Tensor | float]:
         if not self.teacher_loaded:
             raise DiffRatioError("the vsd method needs method.init: the run directory of an `edm` "
                                  "pretraining (its EMA denoiser is the teacher)")
+        lrs = scheduled_lrs(step, self.ctx.settings.steps, generator=self.gen, fake=self.fake)
         if not self.warmed_up:
             for _ in range(self.config.warmup_fake_steps):
                 self.fake_step()
             self.warmed_up = True
         for _ in range(self.config.fake_steps):
             scalars = self.fake_step()
-        return {**scalars, **self.generator_step(step)}
+        return {**scalars, **self.generator_step(step), **lrs}
 
     # ---- sampling and state ----
 

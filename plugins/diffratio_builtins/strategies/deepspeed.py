@@ -82,9 +82,10 @@ class DeepSpeedTrainable(Trainable):
     update on every rank; a non-finite loss is turned into non-finite gradients to reach that check.
     """
 
-    def __init__(self, name: str, engine: Any, device: torch.device) -> None:
+    def __init__(self, name: str, engine: Any, device: torch.device, optim: OptimizerConfig) -> None:
         self.name = name
         self.engine = engine
+        self.optim = optim
         self.module = engine
         self.raw = engine.module
         self.device = device
@@ -99,6 +100,11 @@ class DeepSpeedTrainable(Trainable):
         self.last_step_ok = bool(self.engine.was_step_applied())
         norm = self.engine.get_global_grad_norm() if self.last_step_ok else math.inf
         return {"grad_norm": torch.tensor(math.nan if norm is None else float(norm), device=self.device)}
+
+    def set_lr(self, lr: float) -> None:
+        # the engine's (ZeRO) optimiser shares its param_groups with the torch Adam inside it
+        for group in self.engine.optimizer.param_groups:
+            group["lr"] = lr
 
     def state_dict(self) -> dict[str, Any]:
         """The consolidated weights (gathered under ZeRO-3; every rank calls it), for sampling and
@@ -163,7 +169,7 @@ class DeepSpeed(ProcessGroupStrategy):
                                          dist_init_required=False)
         if self.config.compile and self._device.type == "cuda":
             engine.compile()  # nn.Module.compile in place: the engine and forward-only passes both use it
-        trainable = DeepSpeedTrainable(name, engine, self._device)
+        trainable = DeepSpeedTrainable(name, engine, self._device, optim)
         self._trainables[name] = trainable
         return trainable
 

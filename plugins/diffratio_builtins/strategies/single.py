@@ -42,7 +42,7 @@ class LocalTrainable(Trainable):
         self.raw = module
         self.module = wrapped if wrapped is not None else module
         self._forward_only = self.module
-        self.cfg = optim
+        self.optim = optim
         self.params = [p for p in module.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(self.params, optim)
         self.loss_finite: Tensor | None = None  # of the losses given to backward() since the last step()
@@ -64,8 +64,8 @@ class LocalTrainable(Trainable):
         if self.loss_finite is not None:
             ok = ok & self.loss_finite
         ok = self.agree(ok)
-        if self.cfg.grad_clip > 0:
-            torch.nn.utils.clip_grads_with_norm_(self.params, self.cfg.grad_clip, norm, foreach=True)
+        if self.optim.grad_clip > 0:
+            torch.nn.utils.clip_grads_with_norm_(self.params, self.optim.grad_clip, norm, foreach=True)
         # decided on the device: the fused optimiser leaves parameters and state alone when found_inf is 1
         self.optimizer.found_inf = (~ok).float()
         self.optimizer.step()
@@ -73,6 +73,10 @@ class LocalTrainable(Trainable):
         self.loss_finite = None
         self.last_step_ok = ok
         return {"grad_norm": norm}
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
 
     def agree(self, ok: Tensor) -> Tensor:
         """The step's "finite" flag as all ranks see it (here: one process, the flag itself)."""
