@@ -242,7 +242,7 @@ def _check_parameter_gradients(rep: _Reporter, module: nn.Module, what: str) -> 
                           f"layers): {zero[:10]}")
 
 
-def _state_equal(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
+def _state_diff(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
     """Names whose tensors differ (or exist in only one of the two state dicts)."""
     diff = sorted(set(a) ^ set(b))
     for k in set(a) & set(b):
@@ -262,7 +262,7 @@ def _check_module_state(rep: _Reporter, build: Callable[[], nn.Module], run: Cal
         a = build()
     with _seeded(0):
         b = build()
-    differ = _state_equal(a.state_dict(), b.state_dict())
+    differ = _state_diff(a.state_dict(), b.state_dict())
     rep.require(not differ, f"{what}: two builds under the same seed differ in {differ[:10]}")
     a.eval()
     b.eval()
@@ -738,7 +738,7 @@ def check_strategy(cls: type, config: Any = None) -> None:
     before = weights(a)
     out = train(a)
     rep.require(isinstance(out, dict), f"Trainable.step must return a dict of diagnostics, got {type(out).__name__}")
-    rep.require(bool(_state_equal(before, weights(a))), "a training step did not change the parameters")
+    rep.require(bool(_state_diff(before, weights(a))), "a training step did not change the parameters")
     leftover = [n for n, p in a.raw.named_parameters() if p.grad is not None and bool(p.grad.ne(0).any())]
     rep.require(not leftover, f"Trainable.step must zero the gradients; still set: {leftover}")
     rep.require(bool(a.last_step_ok), "last_step_ok must be true after a step with finite loss and gradients")
@@ -748,19 +748,19 @@ def check_strategy(cls: type, config: Any = None) -> None:
     b = prepare("conformance-b")
     b.load_state_dict(state)
     b.load_files(folder / "a")
-    rep.require(not _state_equal(weights(a), weights(b)), "load_state_dict did not restore the model")
+    rep.require(not _state_diff(weights(a), weights(b)), "load_state_dict did not restore the model")
     # a step whose loss is not finite is skipped: no update, last_step_ok false, optimiser state untouched
     before = weights(a)
     with strat.autocast():
         loss = a.module(x).float().pow(2).mean() * float("nan")
     a.backward(loss)
     a.step()
-    rep.require(not _state_equal(before, weights(a)), "a step with a non-finite loss changed the parameters "
+    rep.require(not _state_diff(before, weights(a)), "a step with a non-finite loss changed the parameters "
                 "(Trainable.step must skip it)")
     rep.require(not bool(a.last_step_ok), "last_step_ok must be false after a step with a non-finite loss")
     train(a)
     train(b)
-    rep.require(not _state_equal(weights(a), weights(b)),
+    rep.require(not _state_diff(weights(a), weights(b)),
                 "after load_state_dict (and a skipped step) the next step differs: the optimiser state is not "
                 "restored, or the skipped step changed it")
     # the learning-rate decay reaches the optimiser: lr_final = 0 at the last step leaves the weights alone
@@ -768,11 +768,11 @@ def check_strategy(cls: type, config: Any = None) -> None:
     rep.require(c.schedule_lr(9, 10) == 0.0, "schedule_lr(last step) must return lr * lr_final = 0")
     before = weights(c)
     train(c)
-    rep.require(not _state_equal(before, weights(c)), "a step at learning rate 0 changed the parameters: "
+    rep.require(not _state_diff(before, weights(c)), "a step at learning rate 0 changed the parameters: "
                 "Trainable.set_lr does not reach the optimiser")
     rep.require(c.schedule_lr(0, 10) == optim.lr, "schedule_lr(0) must return the configured lr")
     train(c)
-    rep.require(bool(_state_equal(before, weights(c))), "a step after schedule_lr(0) did not train")
+    rep.require(bool(_state_diff(before, weights(c))), "a step after schedule_lr(0) did not train")
     reduced = strat.all_reduce_mean({"value": 1.5})
     rep.require(set(reduced) == {"value"} and math.isfinite(reduced["value"]), "all_reduce_mean changed the keys")
     if strat.world_size == 1:
