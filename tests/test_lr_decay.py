@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from diffratio import OptimizerConfig
+from diffratio import DiffRatioError, OptimizerConfig, Trainable
 from diffratio_builtins.strategies.single import LocalTrainable
 
 
@@ -45,3 +45,14 @@ def test_schedule_lr_reaches_the_optimiser_and_none_leaves_it_alone() -> None:
     plain = LocalTrainable(torch.nn.Linear(3, 2), OptimizerConfig(lr=0.1))
     assert plain.schedule_lr(5, 11) is None
     assert [g["lr"] for g in plain.optimizer.param_groups] == [0.1]
+
+
+def test_a_trainable_without_its_optimizer_config_fails_clearly() -> None:
+    class Old(Trainable):  # a third-party strategy's Trainable that does not keep ``optim``
+        def backward(self, loss: torch.Tensor) -> None: ...
+        def step(self) -> dict: return {}
+        def state_dict(self) -> dict: return {}
+        def load_state_dict(self, state: dict) -> None: ...
+
+    with pytest.raises(DiffRatioError, match="Strategy.prepare must keep the OptimizerConfig"):
+        Old().schedule_lr(0, 10)

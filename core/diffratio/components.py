@@ -21,6 +21,8 @@ import attrs
 import torch
 from torch import Tensor, nn
 
+from diffratio.errors import DiffRatioError
+
 if TYPE_CHECKING:
     from diffratio.engine import RunContext
 
@@ -295,9 +297,13 @@ class Trainable(ABC):
     def schedule_lr(self, step: int, total: int) -> float | None:
         """Set the learning rate of global step ``step`` of ``total`` (``OptimizerConfig.lr_at``) and return
         it; methods call it at the start of each ``train_step``. None, and nothing set, without a decay."""
-        if self.optim.lr_decay == "none":
+        optim = getattr(self, "optim", None)
+        if optim is None:  # a third-party strategy's Trainable written before lr_decay existed
+            raise DiffRatioError(f"{type(self).__name__} has no `optim`: its Strategy.prepare must keep the "
+                                 "OptimizerConfig it was given as `trainable.optim` (the learning-rate decay reads it)")
+        if optim.lr_decay == "none":
             return None
-        lr = self.optim.lr_at(step, total)
+        lr = optim.lr_at(step, total)
         self.set_lr(lr)
         return lr
 
