@@ -21,6 +21,11 @@ counted FLOPs per step / step time / the card's dense bf16 peak (H100 SXM and H2
 ``--peak-tflops``), per GPU. FLOPs are counted with the sdpa kernels even for rows on xformers (whose ops the
 counter does not see), so MFU compares backends on the same model FLOPs.
 
+With ``--profile DIR``, each row then runs ``--profile-steps`` more steps under ``torch.profiler`` and writes
+``DIR/VARIANT-METHOD.md``: GPU kernel time per category (matrix products, attention, normalisation and other
+element-wise kernels, optimiser, copies, communication) against the wall time, and the top kernels; this is
+where an MFU below target is explained.
+
 Each row runs in a fresh Python process (peak memory of that row alone; an out-of-memory row is reported, not
 fatal), unless ``--no-isolate`` or under torchrun (``WORLD_SIZE`` > 1), where rows run in turn in-process on
 every rank and rank 0 reports images/s over all ranks.
@@ -195,8 +200,67 @@ def peak_tflops(device: torch.device, override: float | None) -> tuple[float | N
     return next((v for k, v in PEAK_TFLOPS.items() if k in name), None), name
 
 
+#: kernel categories of the profile, by a pattern of the CUDA kernel's name (first match wins)
+KERNEL_CATEGORIES = (
+    ("attention", re.compile(r"flash|fmha|attention|sdpa|cutlassF|cutlassB", re.I)),
+    ("matrix products", re.compile(r"gemm|xmma|nvjet|cublas|cutlass|wgmma|matmul|splitk", re.I)),
+    ("communication", re.compile(r"nccl", re.I)),
+    ("optimiser", re.compile(r"multi_tensor|adam|foreach", re.I)),
+    ("copies and casts", re.compile(r"memcpy|memset|copy_|to_copy|cast|catarray|cat_", re.I)),
+    ("normalisation", re.compile(r"norm", re.I)),
+    ("reductions", re.compile(r"reduce|sum_|mean|max|min", re.I)),
+)
+
+
+def kernel_category(name: str) -> str:
+    """The category of a CUDA kernel by its name (see ``KERNEL_CATEGORIES``); 'other element-wise' when none
+    matches (activations, modulation, adds: the memory-bound kernels)."""
+    return next((label for label, pattern in KERNEL_CATEGORIES if pattern.search(name)), "other element-wise")
+
+
+def kernel_breakdown(kernels: list[tuple[str, float, int]], wall_us: float, top: int = 15) -> str:
+    """Markdown of a profile: ``kernels`` as (name, total GPU microseconds, calls) over ``wall_us`` of wall time;
+    the time per category with its share of the wall time, the idle share, then the ``top`` kernels."""
+    busy = sum(t for _, t, _ in kernels)
+    by_cat: dict[str, list[float]] = {}
+    for name, t, calls in kernels:
+        acc = by_cat.setdefault(kernel_category(name), [0.0, 0])
+        acc[0] += t
+        acc[1] += calls
+    lines = ["| category | GPU ms | share of wall time | kernel launches |", "|---|---|---|---|"]
+    for cat, (t, calls) in sorted(by_cat.items(), key=lambda kv: -kv[1][0]):
+        lines.append(f"| {cat} | {t / 1e3:.1f} | {100 * t / wall_us:.1f}% | {int(calls):,} |")
+    idle = max(0.0, wall_us - busy)
+    lines.append(f"| (GPU idle: no kernel running) | {idle / 1e3:.1f} | {100 * idle / wall_us:.1f}% | |")
+    lines += ["", f"Top {top} kernels by GPU time:", "", "| kernel | category | GPU ms | calls |", "|---|---|---|---|"]
+    for name, t, calls in sorted(kernels, key=lambda k: -k[1])[:top]:
+        short = name if len(name) <= 90 else name[:87] + "..."
+        lines.append(f"| `{short.replace('|', '/')}` | {kernel_category(name)} | {t / 1e3:.1f} | {calls:,} |")
+    return "\n".join(lines) + "\n"
+
+
+def profile_steps(train_step: Callable[[], None], n: int, device: torch.device) -> tuple[list[tuple[str, float, int]],
+                                                                                         float]:
+    """Run ``n`` steps under ``torch.profiler``; return the CUDA kernels as (name, total microseconds, calls)
+    and the wall time in microseconds."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        for _ in range(n):
+            train_step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        wall_us = (time.perf_counter() - start) * 1e6
+    kernels = [(e.key, float(e.self_device_time_total), int(e.count)) for e in prof.key_averages()
+               if e.device_type == DeviceType.CUDA and e.self_device_time_total > 0]
+    return kernels, wall_us
+
+
 def measure(recipe: str, sets: list[str], method_name: str, *, steps: int, warmup: int,
-            peak_override: float | None) -> dict[str, Any]:
+            peak_override: float | None, profile_out: Path | None = None, profile_n: int = 3) -> dict[str, Any]:
     """Build one row's run and time it; return the row's numbers (see the module docstring)."""
     resolved = row_recipe(recipe, sets, method_name)
     with tempfile.TemporaryDirectory(prefix="throughput-") as tmp:
@@ -231,6 +295,13 @@ def measure(recipe: str, sets: list[str], method_name: str, *, steps: int, warmu
         wall = time.perf_counter() - start
         aux_ms, gen_ms = timer.total_ms("aux") / steps, timer.total_ms("generator") / steps
         step_s = wall / steps
+        if profile_out is not None and strategy.is_main:
+            kernels, wall_us = profile_steps(train_step, profile_n, device)
+            profile_out.parent.mkdir(parents=True, exist_ok=True)
+            profile_out.write_text(
+                f"Profile of {profile_n} steps of `{method_name}` ({recipe}, --set {' '.join(sets)}), "
+                f"{peak_tflops(device, peak_override)[1]}, {wall_us / profile_n / 1e3:.1f} ms per step under the "
+                f"profiler ({step_s * 1e3:.1f} ms without it)\n\n" + kernel_breakdown(kernels, wall_us))
         peak, card = peak_tflops(device, peak_override)
         world = strategy.world_size
         counts = method.parameter_counts()
@@ -271,12 +342,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def run_isolated(args: argparse.Namespace, sets: list[str], method: str) -> dict[str, Any]:
+def profile_path(args: argparse.Namespace, label: str, method: str) -> Path | None:
+    """Where a row's profile goes (None without ``--profile``)."""
+    return None if args.profile is None else args.profile / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', label)}-{method}.md"
+
+
+def run_isolated(args: argparse.Namespace, sets: list[str], method: str, label: str) -> dict[str, Any]:
     """One row in a child process (single process: rank 0 of world size 1 on a fresh port)."""
     with tempfile.TemporaryDirectory(prefix="throughput-row-") as tmp:
         out = Path(tmp) / "row.json"
         cmd = [sys.executable, __file__, args.recipe, "--steps", str(args.steps), "--warmup", str(args.warmup),
-               "--row", json.dumps({"method": method, "sets": sets}), "--row-out", str(out)]
+               "--row", json.dumps({"method": method, "sets": sets, "label": label}), "--row-out", str(out),
+               "--profile-steps", str(args.profile_steps)]
+        if args.profile is not None:
+            cmd += ["--profile", str(args.profile)]
         if args.peak_tflops:
             cmd += ["--peak-tflops", str(args.peak_tflops)]
         env = {**os.environ, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
@@ -292,10 +371,11 @@ def run_isolated(args: argparse.Namespace, sets: list[str], method: str) -> dict
         return json.loads(out.read_text())
 
 
-def run_in_process(args: argparse.Namespace, sets: list[str], method: str) -> dict[str, Any]:
+def run_in_process(args: argparse.Namespace, sets: list[str], method: str, label: str) -> dict[str, Any]:
     try:
         return measure(args.recipe, sets, method, steps=args.steps, warmup=args.warmup,
-                       peak_override=args.peak_tflops)
+                       peak_override=args.peak_tflops, profile_out=profile_path(args, label, method),
+                       profile_n=args.profile_steps)
     except Exception as exc:
         traceback.print_exc()
         return {"method": method, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
@@ -361,16 +441,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak per card for MFU")
     ap.add_argument("--out", type=Path, default=None, help="also write the markdown table to this file")
     ap.add_argument("--no-isolate", action="store_true", help="run the rows in this process, one after another")
+    ap.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                    help="also profile each row's GPU kernels into DIR/VARIANT-METHOD.md")
+    ap.add_argument("--profile-steps", type=int, default=3, help="steps under the profiler (with --profile)")
     ap.add_argument("--row", help=argparse.SUPPRESS)  # internal: one row, as a child process
     ap.add_argument("--row-out", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.steps < 1 or args.warmup < 0:
-        ap.error("--steps must be >= 1 and --warmup >= 0")
+    if args.steps < 1 or args.warmup < 0 or args.profile_steps < 1:
+        ap.error("--steps and --profile-steps must be >= 1 and --warmup >= 0")
 
     if args.row:
         spec = json.loads(args.row)
+        profile_out = profile_path(args, spec.get("label", "base"), spec["method"])
         row = measure(args.recipe, spec["sets"], spec["method"], steps=args.steps, warmup=args.warmup,
-                      peak_override=args.peak_tflops)
+                      peak_override=args.peak_tflops, profile_out=profile_out, profile_n=args.profile_steps)
         args.row_out.write_text(json.dumps(row))
         return 0
 
@@ -388,7 +472,8 @@ def main(argv: list[str] | None = None) -> int:
             if main_rank:
                 print(f"{label} / {method} ...", file=sys.stderr, flush=True)
             sets = [*args.sets, *extra]
-            rows.append((label, run_isolated(args, sets, method) if isolate else run_in_process(args, sets, method)))
+            run_row = run_isolated if isolate else run_in_process
+            rows.append((label, run_row(args, sets, method, label)))
     if main_rank:
         text = render(args, rows, variants)
         print(text)

@@ -178,3 +178,33 @@ def test_throughput_maps_the_method_table() -> None:
     assert tp.method_table(source, "diffratio")["warmup_ratio_steps"] == 0
     assert tp.parse_variant("zero3: strategy.zero_stage=3 run.batch_size=16") == (
         "zero3", ["strategy.zero_stage=3", "run.batch_size=16"])
+
+
+def test_throughput_profile_breakdown() -> None:
+    """Kernels are put in categories by name; shares are of the wall time and the idle rest is reported."""
+    tp = throughput_module()
+    assert tp.kernel_category("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n") == "matrix products"
+    assert tp.kernel_category("nvjet_hsh_256x128_64x4_1x2_h_bz_coopA_NTT") == "matrix products"
+    assert tp.kernel_category("pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits>") == "attention"
+    assert tp.kernel_category("void at::native::(anonymous)::vectorized_layer_norm_kernel") == "normalisation"
+    assert tp.kernel_category("multi_tensor_apply_kernel<TensorListMetadata<4>, FusedAdamMathFunctor>") == "optimiser"
+    assert tp.kernel_category("ncclDevKernel_ReduceScatter_Sum_bf16_RING_LL") == "communication"
+    assert tp.kernel_category("void at::native::vectorized_elementwise_kernel<4, GeluCUDAKernelImpl>") == (
+        "other element-wise")
+    text = tp.kernel_breakdown([("gemm_a", 600.0, 10), ("gemm_b", 200.0, 5), ("gelu_kernel", 100.0, 3)], 1000.0)
+    rows = {ln.split("|")[1].strip(): ln for ln in text.splitlines() if ln.startswith("| ")}
+    assert "| 0.8 | 80.0% | 15 |" in rows["matrix products"]
+    assert "| 0.1 | 10.0% | 3 |" in rows["other element-wise"]
+    assert "| 0.1 | 10.0% |" in rows["(GPU idle: no kernel running)"]
+    assert text.index("gemm_a") < text.index("gemm_b") < text.index("gelu_kernel")  # top kernels by time
+
+
+def test_throughput_profile_option_writes_a_file_per_row(tmp_path: Path) -> None:
+    """--profile runs the profiler after the timed steps (no CUDA kernels on CPU: all wall time reads idle)."""
+    tp = throughput_module()
+    code = tp.main([str(RECIPES / "imagenet512.toml"), "--steps", "1", "--warmup", "0", "--no-isolate", *TINY_BENCH,
+                    "--methods", "diffratio", "--variant", "b 4: run.batch_size=4", "--profile", str(tmp_path),
+                    "--profile-steps", "1"])
+    assert code == 0
+    text = (tmp_path / "b_4-diffratio.md").read_text()
+    assert "Profile of 1 steps of `diffratio`" in text and "(GPU idle: no kernel running)" in text
