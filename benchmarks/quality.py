@@ -250,6 +250,7 @@ class Evaluator:
 
     def run(self, job: dict[str, Any]) -> dict[str, Any]:
         from diffratio.sampling import draw, load_run
+        from diffratio.verifier import verifier_sigma_of
 
         sync = self.torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
         run = load_run(self.runs / job["run"], step=job["step"])
@@ -274,6 +275,7 @@ class Evaluator:
                                                                            device=self.device)
         if diag:
             out["mean_ess"] = float(diag["ess"].mean())
+            out["sigma"] = verifier_sigma_of(run) if job["sigma"] is None else job["sigma"]  # the one used
         if job["kind"] == "final":  # the first 100 images, for a picture of each final generator
             np.savez_compressed(self.runs / "eval" / f"samples-{job['run']}.npz", images=images[:100].numpy())
         return out
@@ -341,8 +343,10 @@ def report(args: argparse.Namespace) -> None:
         r["gpu_minutes"] = r["train_seconds"] / 60
     table(["run", "step", "gpu_minutes", "num", "fid"], curve)
     print("### Verifier (DiffRatio-DiJS, candidates per sample)\n")
-    ver = sorted((r for r in rows if r["kind"] == "verifier" or (r["kind"] == "final" and r["run"] == VERIFIED)),
-                 key=lambda r: (r.get("select", ""), r.get("candidates", 1)))
+    ver = [r for r in rows if r["kind"] == "verifier"]
+    # N = 1: the verified run's own final row at the step the verifier rows sampled (not other steps')
+    ver += [r for r in rows if r["kind"] == "final" and r["run"] == VERIFIED and r["step"] in {v["step"] for v in ver}]
+    ver.sort(key=lambda r: (r.get("select", ""), r.get("sigma", 0), r.get("candidates", 1)))
     table(["select", "candidates", "sigma", "fid", "precision", "recall", "mean_ess", "sample_ms_per_image"], ver)
     print("### Verifier sigma (SIR, N = 8)\n")
     table(["sigma", "num", "fid", "precision", "recall", "mean_ess"],
@@ -374,7 +378,7 @@ def main() -> None:
     e.add_argument("--num", type=int, default=10000, help="samples of final and verifier FIDs (and reference)")
     e.add_argument("--curve-num", type=int, default=2000, help="samples per checkpoint along training")
     e.add_argument("--sweep-num", type=int, default=5000, help="samples per verifier sigma")
-    e.add_argument("--sigma", type=float, default=None, help="verifier sigma (default: the library's)")
+    e.add_argument("--sigma", type=float, default=None, help="verifier sigma (default: the run's own)")
     e.add_argument("--kinds", default=",".join(KINDS), help=f"evaluations to run, among {', '.join(KINDS)}")
     r = sub.add_parser("report", help="print the markdown tables")
     r.add_argument("--runs", default="runs/quality")
@@ -387,10 +391,6 @@ def main() -> None:
         w.add_argument("--out")
         w.set_defaults(fn=fn)
     args = ap.parse_args()
-    if args.command == "evaluate" and args.sigma is None:
-        from diffratio.verifier import DEFAULT_VERIFIER_SIGMA
-
-        args.sigma = DEFAULT_VERIFIER_SIGMA
     {"train": train, "evaluate": evaluate, "report": report}.get(args.command, getattr(args, "fn", None))(args)
 
 

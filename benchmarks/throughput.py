@@ -254,9 +254,15 @@ def profile_steps(train_step: Callable[[], None], n: int, device: torch.device) 
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         wall_us = (time.perf_counter() - start) * 1e6
-    kernels = [(e.key, float(e.self_device_time_total), int(e.count)) for e in prof.key_averages()
-               if e.device_type == DeviceType.CUDA and e.self_device_time_total > 0]
-    return kernels, wall_us
+    return kernels_of(prof.key_averages(), DeviceType.CUDA), wall_us
+
+
+def kernels_of(averages: Any, cuda: Any) -> list[tuple[str, float, int]]:
+    """(name, total microseconds, calls) of the GPU kernels among a profile's averaged events. GPU-side user
+    annotations (``Optimizer.step#Adam.step``: a range over kernels already listed) are left out, so each
+    microsecond of GPU time is counted once."""
+    return [(e.key, float(e.self_device_time_total), int(e.count)) for e in averages
+            if e.device_type == cuda and e.self_device_time_total > 0 and not getattr(e, "is_user_annotation", False)]
 
 
 def measure(recipe: str, sets: list[str], method_name: str, *, steps: int, warmup: int,

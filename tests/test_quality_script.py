@@ -94,3 +94,21 @@ def test_evaluate_rejects_an_unknown_kind(tmp_path: Path) -> None:
                               sigma=0.02, weights="")
     with pytest.raises(SystemExit, match=r"--kinds: unknown \['curves'\]; choose from final, curve, verifier, sigma"):
         q.evaluate(args)
+
+
+def test_report_n1_row_at_the_verifier_step(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A final FID of the verified run at another step (an equal-updates comparison) is not its N = 1 row."""
+    import json
+
+    q = load_quality()
+    (tmp_path / "eval").mkdir()
+    rows = [{"kind": "final", "run": q.VERIFIED, "step": 5795, "num": 10, "fid": 10.17, "train_seconds": 60.0},
+            {"kind": "final", "run": q.VERIFIED, "step": 4000, "num": 10, "fid": 11.55, "train_seconds": 40.0},
+            {"kind": "verifier", "run": q.VERIFIED, "step": 5795, "num": 10, "candidates": 8, "select": "sir",
+             "sigma": 0.5, "fid": 9.83}]
+    (tmp_path / "eval" / "results-0.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    q.report(argparse.Namespace(runs=str(tmp_path)))
+    text = capsys.readouterr().out
+    verifier = text.split("### Verifier (")[1].split("###")[0]
+    assert "10.17" in verifier and "9.83" in verifier and "11.55" not in verifier
+    assert "11.55" in text.split("### Final generators")[1].split("###")[0]  # still among the finals

@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -197,6 +198,14 @@ def test_throughput_profile_breakdown() -> None:
     assert "| 0.1 | 10.0% | 3 |" in rows["other element-wise"]
     assert "| 0.1 | 10.0% |" in rows["(GPU idle: no kernel running)"]
     assert text.index("gemm_a") < text.index("gemm_b") < text.index("gelu_kernel")  # top kernels by time
+    # GPU-side annotations (ranges over kernels already listed) and CPU ops are not kernels
+    ev = [SimpleNamespace(key="gemm_a", device_type="cuda", self_device_time_total=5.0, count=2,
+                          is_user_annotation=False),
+          SimpleNamespace(key="Optimizer.step#Adam.step", device_type="cuda", self_device_time_total=9.0, count=1,
+                          is_user_annotation=True),
+          SimpleNamespace(key="aten::mm", device_type="cpu", self_device_time_total=0.0, count=2,
+                          is_user_annotation=False)]
+    assert tp.kernels_of(ev, "cuda") == [("gemm_a", 5.0, 2)]
 
 
 def test_throughput_profile_option_writes_a_file_per_row(tmp_path: Path) -> None:

@@ -246,6 +246,27 @@ def test_export_round_trip_in_python(toy_run: Path, tmp_path: Path) -> None:
         load_run(bad)
 
 
+def test_the_runs_own_verifier_sigma_is_the_default(toy_run: Path) -> None:
+    """``method.verifier_sigma`` (a recipe setting, e.g. 0.5 in the image recipes) is what sampling uses unless a
+    sigma is given; without it, the library default. Changing it does not block resuming (sampling only)."""
+    import attrs
+
+    from diffratio.recipe import HARMLESS_ON_RESUME
+    from diffratio.sampling import draw, load_run
+    from diffratio.verifier import verifier_sigma_of
+
+    run = load_run(toy_run)
+    assert verifier_sigma_of(run) == DEFAULT_VERIFIER_SIGMA
+    run.method.config = attrs.evolve(run.method.config, verifier_sigma=0.7)
+    assert verifier_sigma_of(run) == 0.7
+    _, own = draw(run, 32, seed=5, candidates=4)
+    _, given = draw(run, 32, seed=5, candidates=4, verifier_sigma=0.7)
+    _, other = draw(run, 32, seed=5, candidates=4, verifier_sigma=DEFAULT_VERIFIER_SIGMA)
+    assert np.array_equal(own["log_weights"], given["log_weights"])
+    assert not np.allclose(own["log_weights"], other["log_weights"])
+    assert HARMLESS_ON_RESUME.match("method.verifier_sigma")
+
+
 def test_load_run_of_an_earlier_checkpoint(tmp_path: Path) -> None:
     """``load_run(..., step=N)`` evaluates a run along its training (benchmarks/quality.py's FID curves)."""
     from diffratio.sampling import export_run, load_run

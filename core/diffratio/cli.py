@@ -115,8 +115,9 @@ def _default(f: attrs.Attribute) -> Any:
 @click.option("--select", type=click.Choice(["best", "sir"]), default="sir", show_default=True,
               help="Keep the best candidate, or resample one with weights exp(-f) (sampling-importance-resampling).")
 @click.option("--verifier-sigma", type=click.FloatRange(min=0), default=None,
-              help="Noise level at which the ratio scores candidates (default: diffratio.verifier."
-                   "DEFAULT_VERIFIER_SIGMA, chosen by measurement; docs/results/verifier_2d.md).")
+              help="Noise level at which the ratio scores candidates (default: the run's method.verifier_sigma, "
+                   "which defaults to diffratio.verifier.DEFAULT_VERIFIER_SIGMA; chosen by measurement, "
+                   "docs/results.md section 7).")
 @click.option("--export", "export", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the generator EMA and ratio estimator with the config to this one .pt file, which "
                    "dr-sample then accepts in place of RUN_DIR.")
@@ -129,7 +130,6 @@ def sample(run_dir: Path, num: int, out: Path | None, grid: Path | None, seed: i
     (the learned density ratio as a verifier; methods with a ratio estimator only).
     """
     from diffratio.sampling import export_run, sample_run
-    from diffratio.verifier import DEFAULT_VERIFIER_SIGMA
 
     if out is None and export is None:
         raise click.UsageError("give --out FILE.npz (samples), --export FILE.pt, or both")
@@ -137,6 +137,5 @@ def sample(run_dir: Path, num: int, out: Path | None, grid: Path | None, seed: i
         export_run(run_dir, export)
         click.echo(f"exported {run_dir} to {export}")
     if out is not None:
-        sigma = DEFAULT_VERIFIER_SIGMA if verifier_sigma is None else verifier_sigma
         sample_run(run_dir, num=num, out=out, grid=grid, seed=seed, batch=batch, candidates=candidates,
-                   select=select, verifier_sigma=sigma)  # type: ignore[arg-type]
+                   select=select, verifier_sigma=verifier_sigma)  # type: ignore[arg-type]

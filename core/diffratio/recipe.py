@@ -66,7 +66,7 @@ OPTIONAL_TABLES = ("backbone", "generator", "ratio", "divergence", "schedule")
 HARMLESS_ON_RESUME = re.compile(
     r"^(run\.(steps|log_every|checkpoint_every|keep_checkpoints|eval_every|sample_every|min_free_disk_gb"
     r"|max_nonfinite_steps)"
-    r"|metrics\..*|loggers\..*|strategy\.(threads|compile|timeout_minutes))$"
+    r"|method\.verifier_sigma|metrics\..*|loggers\..*|strategy\.(threads|compile|timeout_minutes))$"
 )
 
 

@@ -24,7 +24,7 @@ from diffratio.engine import Run, build_run
 from diffratio.errors import DiffRatioError
 from diffratio.recipe import Recipe, Resolved, resolve_recipe
 from diffratio.registry import Registry, default_registry
-from diffratio.verifier import DEFAULT_VERIFIER_SIGMA, Select, run_verifier, sample_with_verifier
+from diffratio.verifier import Select, run_verifier, sample_with_verifier, verifier_sigma_of
 from diffratio.visualize import image_grid, save_png, scatter_image
 
 #: ``format`` tag of the single-file export (bump when its keys change meaning)
@@ -150,13 +150,14 @@ def _load_export(path: Path, registry: Registry) -> Run:
 
 
 def draw(run: Run, num: int, *, seed: int = 0, batch: int = 500, candidates: int = 1, select: Select = "sir",
-         verifier_sigma: float = DEFAULT_VERIFIER_SIGMA) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
+         verifier_sigma: float | None = None) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
     """``num`` samples of a loaded run (float, CPU), and the verifier's diagnostics when ``candidates > 1``.
 
     ``candidates = 1`` is the method's own sampler (``method.sample``). Otherwise each output is selected
     from ``candidates`` one-step samples by the ratio estimator (``diffratio.verifier``), in chunks of
     ``batch // candidates`` outputs so that each network pass holds at most ``batch`` samples. The
     diagnostics are ``log_weights`` (num, candidates), ``chosen`` (num,) and ``ess`` (num,).
+    ``verifier_sigma`` None is the run's own (``diffratio.verifier.verifier_sigma_of``).
     """
     if candidates < 1:
         raise DiffRatioError(f"candidates must be >= 1, got {candidates}")
@@ -165,6 +166,7 @@ def draw(run: Run, num: int, *, seed: int = 0, batch: int = 500, candidates: int
         chunks = [run.method.sample(min(batch, num - i)).float().cpu() for i in range(0, num, batch)]
         return torch.cat(chunks), {}
     generate, log_ratio = run_verifier(run)
+    sigma_v = verifier_sigma_of(run) if verifier_sigma is None else verifier_sigma
     ctx = run.ctx
     latent_shape = run.method.ema.latent_shape(ctx.data_shape)
     rng = torch.Generator().manual_seed(seed)
@@ -173,7 +175,7 @@ def draw(run: Run, num: int, *, seed: int = 0, batch: int = 500, candidates: int
     for i in range(0, num, per):
         n = min(per, num - i)
         out = sample_with_verifier(generate, log_ratio, num=n, candidates=candidates, latent_shape=latent_shape,
-                                   select=select, sigma_v=verifier_sigma, labels=ctx.random_labels(n), rng=rng,
+                                   select=select, sigma_v=sigma_v, labels=ctx.random_labels(n), rng=rng,
                                    device=ctx.device, max_batch=batch)
         samples.append(out.samples.float().cpu())
         diag["log_weights"].append(out.log_weights)
@@ -184,7 +186,7 @@ def draw(run: Run, num: int, *, seed: int = 0, batch: int = 500, candidates: int
 
 def sample_run(run_dir: str | Path, *, num: int, out: str | Path, grid: str | Path | None = None,
                seed: int = 0, batch: int = 500, candidates: int = 1, select: Select = "sir",
-               verifier_sigma: float = DEFAULT_VERIFIER_SIGMA) -> Path:
+               verifier_sigma: float | None = None) -> Path:
     """Write ``num`` samples to ``out``: uint8 ``images`` (N, C, H, W) for image data, else float ``samples``.
 
     ``run_dir`` is a run directory or an export (``export_run``). With ``candidates > 1`` the file also
@@ -206,8 +208,9 @@ def sample_run(run_dir: str | Path, *, num: int, out: str | Path, grid: str | Pa
             save_png(image_grid(images[:100], ncol=10), grid)
         elif samples.shape[1:] == (2,):
             save_png(scatter_image(run.ctx.dataset.reference(num), samples), grid)
+    sigma_v = verifier_sigma_of(run) if verifier_sigma is None else verifier_sigma
     how = "" if candidates == 1 else (f", {select} of {candidates} candidates each (verifier sigma "
-                                      f"{verifier_sigma:g}, mean ESS {float(diagnostics['ess'].mean()):.2f})")
+                                      f"{sigma_v:g}, mean ESS {float(diagnostics['ess'].mean()):.2f})")
     print(f"wrote {num} samples of step {run.step}{how} to {out}" + (f" and {grid}" if grid else "")
           + f"; sampling took {seconds:.2f} s ({1e3 * seconds / num:.3f} ms per sample)")
     return out

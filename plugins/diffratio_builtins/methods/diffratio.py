@@ -16,6 +16,7 @@ from torch import Tensor
 
 from diffratio import Method, OptimizerConfig, count_parameters
 from diffratio.losses import accuracy, generator_loss, ratio_loss
+from diffratio.verifier import DEFAULT_VERIFIER_SIGMA
 from diffratio_builtins.methods.common import (
     EmaWarmup,
     frozen,
@@ -41,6 +42,9 @@ class DiffRatio(Method):
         # ^ decay of the generator's EMA (the weights that sample and are evaluated), warmed up early
         ema_warmup: EmaWarmup = "ramp"  # EMA decay warm-up: ramp, average or none (methods/common.py)
         init: str = ""  # pretraining run dir / checkpoint for generator and encoder; "" = from scratch
+        verifier_sigma: float = attrs.field(default=DEFAULT_VERIFIER_SIGMA, validator=attrs.validators.ge(0))
+        # ^ noise level at which `dr-sample --candidates N` scores candidates with the ratio estimator
+        #   (sampling only; docs/results.md section 7)
 
     def __init__(self, config: Config, *, ctx: Any) -> None:
         super().__init__(config, ctx=ctx)
