@@ -193,9 +193,10 @@ def sample_run(run_dir: str | Path, *, num: int, out: str | Path, grid: str | Pa
     holds the verifier's ``log_weights``, ``chosen`` and ``ess`` (see ``draw``).
     """
     run = load_run(run_dir)
+    sigma_v = verifier_sigma_of(run) if verifier_sigma is None else verifier_sigma
     start = time.perf_counter()
     samples, diagnostics = draw(run, num, seed=seed, batch=batch, candidates=candidates, select=select,
-                                verifier_sigma=verifier_sigma)
+                                verifier_sigma=sigma_v)
     seconds = time.perf_counter() - start
     images = run.ctx.dataset.to_image(samples)
     # image data: uint8 images (what FID reads); other data: the float samples themselves
@@ -208,7 +209,6 @@ def sample_run(run_dir: str | Path, *, num: int, out: str | Path, grid: str | Pa
             save_png(image_grid(images[:100], ncol=10), grid)
         elif samples.shape[1:] == (2,):
             save_png(scatter_image(run.ctx.dataset.reference(num), samples), grid)
-    sigma_v = verifier_sigma_of(run) if verifier_sigma is None else verifier_sigma
     how = "" if candidates == 1 else (f", {select} of {candidates} candidates each (verifier sigma "
                                       f"{sigma_v:g}, mean ESS {float(diagnostics['ess'].mean()):.2f})")
     print(f"wrote {num} samples of step {run.step}{how} to {out}" + (f" and {grid}" if grid else "")
