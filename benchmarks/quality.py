@@ -140,7 +140,9 @@ def train(args: argparse.Namespace) -> None:
         procs = {}
         for gpu, (name, recipe, extra) in wave:
             (runs / f"{name}.sets.json").write_text(json.dumps(extra))
-            procs[name] = dr_train(recipe, runs / name, [*extra, *common], gpu)
+            # a run's own overrides come last, so a variant may also set what ``common`` sets (run.steps
+            # for a learning-rate decay over a fixed length)
+            procs[name] = dr_train(recipe, runs / name, [*common, *extra], gpu)
         wait_all(procs, args.seconds)
 
 
@@ -160,26 +162,33 @@ def jobs(runs: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
 
     from diffratio.checkpoint import list_checkpoints
 
-    studies = sorted(p.name for p in runs.glob(STUDY_PREFIX + "*") if p.is_dir())
-    for name in [*ONE_STEP, *studies]:
+    for name in one_step_runs(runs):
         steps = [int(p.name) for p in list_checkpoints(runs / name / "checkpoints")]
-        if name in ONE_STEP:  # the study's runs are compared at their end only
+        if name in ONE_STEP or args.study_curves:  # the study's runs are compared at their end unless asked
             for step in steps[:-1]:
                 add(kind="curve", run=name, step=step, num=args.curve_num)
         if steps:
             add(kind="final", run=name, step=steps[-1], num=args.num)
+        for step in sorted(set(args.at_steps) & set(steps[:-1])):  # equal-updates comparisons, full size
+            add(kind="final", run=name, step=step, num=args.num)
     pre = [int(p.name) for p in list_checkpoints(runs / "pretrain" / "checkpoints")]
     if pre:
         add(kind="final", run="pretrain", step=pre[-1], num=args.num)
-    verified = [int(p.name) for p in list_checkpoints(runs / VERIFIED / "checkpoints")]
+    verified = [int(p.name) for p in list_checkpoints(runs / args.verified / "checkpoints")]
     if verified:
         for n in CANDIDATES:
             for select in ("best", "sir"):
-                add(kind="verifier", run=VERIFIED, step=verified[-1], num=args.num, candidates=n, select=select,
-                    sigma=args.sigma)
+                add(kind="verifier", run=args.verified, step=verified[-1], num=args.num, candidates=n,
+                    select=select, sigma=args.sigma)
         for s in SIGMA_SWEEP:
-            add(kind="sigma", run=VERIFIED, step=verified[-1], num=args.sweep_num, candidates=8, select="sir", sigma=s)
+            add(kind="sigma", run=args.verified, step=verified[-1], num=args.sweep_num, candidates=8, select="sir",
+                sigma=s)
     return out
+
+
+def one_step_runs(runs: Path) -> list[str]:
+    """The one-step runs of a runs folder: the four methods, then the study's variants (``study-*``)."""
+    return [*ONE_STEP, *sorted(p.name for p in runs.glob(STUDY_PREFIX + "*") if p.is_dir())]
 
 
 def done_keys(eval_dir: Path) -> set[str]:
@@ -311,7 +320,7 @@ def report(args: argparse.Namespace) -> None:
             for line in f.read_text().splitlines() if line.strip()]
     params = {}
     variants = {}
-    for name in ["pretrain", *ONE_STEP, *(p.name for p in runs.glob(STUDY_PREFIX + "*") if p.is_dir())]:
+    for name in ["pretrain", *one_step_runs(runs)]:
         info = runs / name / "run.json"
         if info.exists():
             params[name] = json.loads(info.read_text()).get("parameters", {})
@@ -337,20 +346,22 @@ def report(args: argparse.Namespace) -> None:
     table(["run", "settings", "evaluations", "fid", "precision", "recall", "step", "gpu_minutes",
            "sample_ms_per_image", "parameters"], finals)
     print("### Along training (FID of the EMA generator at each checkpoint)\n")
-    curve = sorted((r for r in rows if r["kind"] in ("curve", "final") and r["run"] in ONE_STEP),
+    curved = {r["run"] for r in rows if r["kind"] == "curve"}
+    curve = sorted((r for r in rows if r["kind"] in ("curve", "final") and r["run"] in curved),
                    key=lambda r: (r["run"], r["step"]))
     for r in curve:
         r["gpu_minutes"] = r["train_seconds"] / 60
     table(["run", "step", "gpu_minutes", "num", "fid"], curve)
-    print("### Verifier (DiffRatio-DiJS, candidates per sample)\n")
+    print("### Verifier (candidates per sample; each verified run with its own ratio estimator)\n")
     ver = [r for r in rows if r["kind"] == "verifier"]
-    # N = 1: the verified run's own final row at the step the verifier rows sampled (not other steps')
-    ver += [r for r in rows if r["kind"] == "final" and r["run"] == VERIFIED and r["step"] in {v["step"] for v in ver}]
-    ver.sort(key=lambda r: (r.get("select", ""), r.get("sigma", 0), r.get("candidates", 1)))
-    table(["select", "candidates", "sigma", "fid", "precision", "recall", "mean_ess", "sample_ms_per_image"], ver)
+    # N = 1: each verified run's own final row at the step its verifier rows sampled (not other steps')
+    ver += [r for r in rows if r["kind"] == "final" and (r["run"], r["step"]) in {(v["run"], v["step"]) for v in ver}]
+    ver.sort(key=lambda r: (r["run"], r.get("select", ""), r.get("sigma", 0), r.get("candidates", 1)))
+    table(["run", "step", "select", "candidates", "sigma", "fid", "precision", "recall", "mean_ess",
+           "sample_ms_per_image"], ver)
     print("### Verifier sigma (SIR, N = 8)\n")
-    table(["sigma", "num", "fid", "precision", "recall", "mean_ess"],
-          sorted((r for r in rows if r["kind"] == "sigma"), key=lambda r: r["sigma"]))
+    table(["run", "sigma", "num", "fid", "precision", "recall", "mean_ess"],
+          sorted((r for r in rows if r["kind"] == "sigma"), key=lambda r: (r["run"], r["sigma"])))
 
 
 def main() -> None:
@@ -380,6 +391,10 @@ def main() -> None:
     e.add_argument("--sweep-num", type=int, default=5000, help="samples per verifier sigma")
     e.add_argument("--sigma", type=float, default=None, help="verifier sigma (default: the run's own)")
     e.add_argument("--kinds", default=",".join(KINDS), help=f"evaluations to run, among {', '.join(KINDS)}")
+    e.add_argument("--verified", default=VERIFIED, help="the run sampled with its ratio estimator as a verifier")
+    e.add_argument("--at-steps", type=lambda t: [int(x) for x in t.split(",") if x], default=[],
+                   help="also a full-size 'final' FID of every run at these checkpoints (equal updates), e.g. 4000")
+    e.add_argument("--study-curves", action="store_true", help="FID curves of the study's variants too")
     r = sub.add_parser("report", help="print the markdown tables")
     r.add_argument("--runs", default="runs/quality")
     for name, fn in (("_reference", reference), ("_worker", worker)):

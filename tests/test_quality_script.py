@@ -19,12 +19,18 @@ def load_quality():  # noqa: ANN201 - a module loaded from a file
     return module
 
 
+def eval_args(**kw: object) -> argparse.Namespace:
+    """``evaluate``'s options as its parser gives them by default, with ``kw`` over them."""
+    return argparse.Namespace(**{"num": 10, "curve_num": 5, "sweep_num": 5, "sigma": 0.03, "verified": "diffratio-dijs",
+                                 "at_steps": [], "study_curves": False, **kw})
+
+
 def test_jobs_cover_every_checkpoint_and_shards_balance(tmp_path: Path) -> None:
     q = load_quality()
     for name, steps in {"pretrain": [3000], "diffratio-dijs": [500, 1000, 1234], "vsd": [500, 900]}.items():
         for s in steps:
             (tmp_path / name / "checkpoints" / f"{s:09d}").mkdir(parents=True)
-    args = argparse.Namespace(num=100, curve_num=20, sweep_num=50, sigma=0.03)
+    args = eval_args(num=100, curve_num=20, sweep_num=50)
     jobs = q.jobs(tmp_path, args)
     keys = [j["key"] for j in jobs]
     assert len(keys) == len(set(keys))
@@ -75,9 +81,33 @@ def test_plan_of_methods_and_study_variants(tmp_path: Path) -> None:
     for name, steps in {"study-lr": [500, 700], "diffratio-kl": [500, 700]}.items():
         for s in steps:
             (tmp_path / name / "checkpoints" / f"{s:09d}").mkdir(parents=True)
-    jobs = q.jobs(tmp_path, argparse.Namespace(num=10, curve_num=5, sweep_num=5, sigma=0.03))
+    jobs = q.jobs(tmp_path, eval_args())
     assert sorted((j["kind"], j["run"], j["step"]) for j in jobs) == [
         ("curve", "diffratio-kl", 500), ("final", "diffratio-kl", 700), ("final", "study-lr", 700)]
+    # asked for: the study's curves, full-size FIDs at equal updates, and the verifier on a study run
+    jobs = q.jobs(tmp_path, eval_args(study_curves=True, at_steps=[500, 600, 700], verified="study-lr"))
+    assert sorted((j["kind"], j["run"], j["step"], j["num"]) for j in jobs if j["kind"] in ("curve", "final")) == [
+        ("curve", "diffratio-kl", 500, 5), ("curve", "study-lr", 500, 5), ("final", "diffratio-kl", 500, 10),
+        ("final", "diffratio-kl", 700, 10), ("final", "study-lr", 500, 10), ("final", "study-lr", 700, 10)]
+    assert {(j["run"], j["step"]) for j in jobs if j["kind"] in ("verifier", "sigma")} == {("study-lr", 700)}
+
+
+def test_a_variant_overrides_what_every_run_is_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A variant's own ``run.steps`` (a learning-rate decay over a fixed length) wins over the shared
+    ``run.steps=1000000``: its overrides come last on the command line."""
+    q = load_quality()
+    calls: dict[str, list[str]] = {}
+    monkeypatch.setattr(q, "last_step", lambda run_dir: 10**9)  # the pretraining is done
+    monkeypatch.setattr(q, "dr_train", lambda recipe, run_dir, sets, gpu: calls.setdefault(run_dir.name, sets))
+    monkeypatch.setattr(q, "wait_all", lambda procs, seconds: None)
+    args = argparse.Namespace(runs=str(tmp_path), gpus="0,1", methods="diffratio-kl", per_gpu=1, every=500,
+                              variants=["decay: run.steps=5600 method.generator_optimizer.lr_decay='cosine'"],
+                              sets=["root=DATA"], recipe_sets=[], pretrain_steps=3000, pretrain_seconds=1,
+                              pretrain_only=False, seconds=1)
+    q.train(args)
+    decay = calls["study-decay"]
+    assert decay.index("run.steps=5600") > decay.index("run.steps=1000000")
+    assert calls["diffratio-kl"][-1] == "divergence.name='kl'" and "dataset.root=DATA" in calls["diffratio-kl"]
 
 
 def test_waves_share_each_gpu_before_the_next_wave() -> None:
@@ -90,8 +120,7 @@ def test_waves_share_each_gpu_before_the_next_wave() -> None:
 
 def test_evaluate_rejects_an_unknown_kind(tmp_path: Path) -> None:
     q = load_quality()
-    args = argparse.Namespace(runs=str(tmp_path), gpus="0", kinds="final,curves", num=10, curve_num=5, sweep_num=5,
-                              sigma=0.02, weights="")
+    args = eval_args(runs=str(tmp_path), gpus="0", kinds="final,curves", weights="")
     with pytest.raises(SystemExit, match=r"--kinds: unknown \['curves'\]; choose from final, curve, verifier, sigma"):
         q.evaluate(args)
 
