@@ -271,6 +271,138 @@ def test_deepspeed_resumes_bit_exact_from_its_own_checkpoint(deepspeed_installed
         assert find_latest(reference / "checkpoints").name == "000000010"
 
 
+# deepspeed with precision = "bf16-weights": DeepSpeed's bf16 mode (it runs on CPU too)
+
+BF16W = ("strategy.name=deepspeed", "strategy.precision='bf16-weights'")
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_bf16_weights_trains_and_resumes_bit_exact(deepspeed_installed: None, stage: int,
+                                                            tmp_path: Path) -> None:
+    """The engines hold bf16 weights (DeepSpeed's own files), ``state.pt`` the consolidated weights and
+    the generator EMA in fp32; a run resumed from its checkpoint ends bit for bit like the uninterrupted
+    one (one CPU process: the bf16 kernels and DeepSpeed's fp32 master weights repeat exactly)."""
+    extra = ("run.steps=20", f"strategy.zero_stage={stage}", *BF16W)
+    reference = tmp_path / "reference"
+    assert "finished 20 steps" in train_in_process(reference, *extra)
+    ck = find_latest(reference / "checkpoints")
+    for model in ("generator", "ratio"):
+        module = torch.load(next((ck / model / "ds").glob("*model_states.pt")), map_location="cpu",
+                            weights_only=False)["module"]
+        assert module and {v.dtype for v in module.values()} == {torch.bfloat16}, model
+    state = load_state(ck)["method"]
+    for weights in (state["generator"]["model"], state["ratio"]["model"], state["generator_ema"]):
+        assert {v.dtype for v in weights.values()} == {torch.float32}
+    gen, ema = state["generator"]["model"], state["generator_ema"]
+    assert gen.keys() == ema.keys() and not all(torch.equal(gen[k], ema[k]) for k in gen)
+    # the consolidated weights are the engine's bf16 weights, widened
+    assert all(torch.equal(v, v.bfloat16().float()) for v in gen.values())
+
+    resumed = Path(shutil.copytree(reference, tmp_path / "resumed"))
+    drop_checkpoints_after(resumed, 10)
+    assert "resuming from step 10" in train_in_process(resumed, *extra)
+    assert_same(final(resumed, 20), final(reference, 20))
+
+
+def test_deepspeed_bf16_weights_engine_has_fp32_master_weights_and_fp32_interface(deepspeed_installed: None) -> None:
+    """``prepare`` under ``bf16-weights``: bf16 weights in the module, fp32 parameters in the optimiser
+    (DeepSpeed's master copy); fp32 inputs in, fp32 outputs and input gradients out; names unchanged."""
+    from diffratio import OptimizerConfig
+    from diffratio_builtins.strategies.deepspeed import DeepSpeed
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.SiLU(), torch.nn.Linear(8, 2))
+    names = list(net.state_dict())
+    strategy = DeepSpeed(DeepSpeed.Config(device="cpu", zero_stage=2, precision="bf16-weights"))
+    try:
+        t = strategy.prepare("net", net, OptimizerConfig(lr=0.1))
+        assert {p.dtype for p in t.raw.parameters()} == {torch.bfloat16}
+        assert {p.dtype for g in t.engine.optimizer.param_groups for p in g["params"]} == {torch.float32}
+        x = torch.randn(4, 3, requires_grad=True)
+        y = t.module(x)
+        assert y.dtype == torch.float32 and t.forward_only(x).dtype == torch.float32
+        t.backward(y.pow(2).mean())
+        assert x.grad is not None and x.grad.dtype == torch.float32
+        before = [p.detach().clone() for p in t.raw.parameters()]
+        t.step()
+        assert t.last_step_ok and not all(torch.equal(a, b) for a, b in zip(before, t.raw.parameters(), strict=True))
+        model = t.state_dict()["model"]
+        assert list(model) == names and {v.dtype for v in model.values()} == {torch.float32}
+    finally:
+        strategy.close()
+
+
+def test_bf16_weights_engine_config() -> None:
+    """``bf16-weights`` turns on DeepSpeed's bf16 mode without torch autocast; ``bf16`` is autocast only."""
+    from diffratio import OptimizerConfig
+    from diffratio_builtins.strategies.deepspeed import engine_config
+
+    optim = OptimizerConfig(lr=1e-3)
+    cfg = engine_config(optim, 2, "bf16-weights")
+    assert cfg["bf16"] == {"enabled": True} and "torch_autocast" not in cfg
+    cfg = engine_config(optim, 2, "bf16")
+    assert cfg["torch_autocast"]["enabled"] and "bf16" not in cfg
+    cfg = engine_config(optim, 3, "fp32")
+    assert "bf16" not in cfg and "torch_autocast" not in cfg
+
+
+class _Probe(torch.nn.Module):
+    """A layer with an fp32 buffer and nested outputs; records the dtypes its forward pass sees."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(3, 3)
+        self.register_buffer("freqs", torch.ones(3))
+        self.seen: dict[str, torch.dtype] = {}
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None = None) -> tuple:
+        self.seen = {"x": x.dtype, "sigma": sigma.dtype, "labels": labels.dtype}
+        h = self.lin(x * self.freqs)  # fp32 buffer times bf16 input: fp32, cast again by lin's own hook
+        return h, [h.sum(1)], {"h": h, "labels": labels}
+
+
+def test_bf16_weights_hooks_cast_inputs_to_the_weights_and_outputs_to_fp32() -> None:
+    from diffratio_builtins.methods.common import make_ema
+    from diffratio_builtins.strategies.deepspeed import cast_inputs_to_weights, hold_bf16_weights, outputs_to_fp32
+
+    net = _Probe()
+    names = list(net.state_dict())
+    for p in net.parameters():  # what DeepSpeed's bf16 mode does: parameters only, buffers stay fp32
+        p.data = p.data.bfloat16()
+    hold_bf16_weights(net)
+    assert list(net.state_dict()) == names
+    x = torch.randn(2, 3, requires_grad=True)
+    labels = torch.tensor([1, 2])
+    h, (s,), d = net(x, torch.rand(2), labels=labels)
+    assert net.seen == {"x": torch.bfloat16, "sigma": torch.bfloat16, "labels": torch.int64}
+    assert h.dtype == s.dtype == d["h"].dtype == torch.float32 and d["labels"] is labels
+    h.sum().backward()
+    assert x.grad is not None and x.grad.dtype == torch.float32
+
+    args, kwargs = cast_inputs_to_weights(net, (x, (x, [x])), {"y": {"z": x}, "n": labels, "k": 3})
+    assert args[0].dtype == args[1][0].dtype == args[1][1][0].dtype == kwargs["y"]["z"].dtype == torch.bfloat16
+    assert kwargs["n"] is labels and kwargs["k"] == 3 and isinstance(args[1][1], list)
+    assert outputs_to_fp32(net, (), x.bfloat16()).dtype == torch.float32
+    assert cast_inputs_to_weights(torch.nn.SiLU(), (x,), {}) is None  # no weights: nothing to follow
+
+    ema = make_ema(net)  # a copy carries the hooks; in fp32 they change nothing
+    assert {p.dtype for p in ema.parameters()} == {torch.float32}
+    out, _, _ = ema(x.detach(), torch.rand(2), labels=labels)
+    assert ema.seen["x"] == torch.float32 and out.dtype == torch.float32
+
+
+def test_update_ema_lerps_a_bf16_source_into_an_fp32_ema() -> None:
+    from diffratio_builtins.methods.common import update_ema
+
+    torch.manual_seed(0)
+    ema, src = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3).to(torch.bfloat16)
+    want = [torch.lerp(e.detach().clone(), s.detach().float(), 0.1) for e, s in zip(ema.parameters(), src.parameters(),
+                                                                                  strict=True)]
+    update_ema(ema, src, decay=0.9, step=10**6, warmup="none")
+    assert [p.dtype for p in ema.parameters()] == [torch.float32] * 2
+    assert_same([p.detach() for p in ema.parameters()], want)
+
+
 def test_deepspeed_missing_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     from diffratio_builtins.strategies.deepspeed import DeepSpeed
 
@@ -288,7 +420,7 @@ def test_deepspeed_missing_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> N
 @pytest.mark.parametrize(("sets_", "message"), [
     (["strategy.name=deepspeed", "strategy.zero_stage=4"], "recipe.strategy.zero_stage: must be in (1, 2, 3), got 4"),
     (["strategy.name=deepspeed", "strategy.precision='fp16'"],
-     "recipe.strategy.precision: must be one of 'fp32', 'bf16', got 'fp16'"),
+     "recipe.strategy.precision: must be one of 'fp32', 'bf16', 'bf16-weights', got 'fp16'"),
     (["strategy.name=ddp", "strategy.backend='mpi'"],
      "recipe.strategy.backend: must be one of 'auto', 'nccl', 'gloo', got 'mpi'"),
     (["strategy.name=ddp", "strategy.timeout_minutes=0"], "recipe.strategy.timeout_minutes: must be > 0, got 0"),
@@ -311,6 +443,8 @@ GPU_CASES = {
     "ddp-bf16": ["strategy.name=ddp", "strategy.device='cuda'", "strategy.precision='bf16'"],
     "deepspeed-zero2-bf16": ["strategy.name=deepspeed", "strategy.device='cuda'", "strategy.zero_stage=2",
                              "strategy.precision='bf16'"],
+    "deepspeed-zero2-bf16-weights": ["strategy.name=deepspeed", "strategy.device='cuda'", "strategy.zero_stage=2",
+                                     "strategy.precision='bf16-weights'"],
     "deepspeed-zero3": ["strategy.name=deepspeed", "strategy.device='cuda'", "strategy.zero_stage=3"],
     "deepspeed-zero2-compile": ["strategy.name=deepspeed", "strategy.device='cuda'", "strategy.zero_stage=2",
                                 "strategy.compile=true"],
@@ -374,3 +508,23 @@ def test_two_gpus_train_resume_and_stop_on_sigterm(case: str, tmp_path: Path) ->
         except AssertionError:
             print(f"{case}: {run_dir.name} run not bit-exact")
             assert_near(got, want)
+
+
+def test_bf16_weights_dit_residual_stream_is_bf16() -> None:
+    """DiT adds its fixed position embedding (an fp32 buffer: DeepSpeed casts parameters only) in its weights'
+    dtype, so that with bf16 weights every block works in bf16 (the speed ``bf16-weights`` is for), while
+    fp32 weights (also under autocast) keep the fp32 stream as before."""
+    from diffratio_builtins.backbones.dit import DiTBackbone
+    from diffratio_builtins.strategies.deepspeed import hold_bf16_weights
+
+    seen: list[torch.dtype] = []
+    for dtype in (torch.bfloat16, torch.float32):
+        net = DiTBackbone(DiTBackbone.Config(depth=2, hidden=32, heads=2), data_shape=(4, 8, 8))
+        for p in net.parameters():  # as DeepSpeed's bf16 mode does: parameters only, buffers stay fp32
+            p.data = p.data.to(dtype)
+        # registered first, so it sees the stream as DiT made it, before the block's own cast to its weights
+        net.blocks[0].register_forward_pre_hook(lambda m, args: seen.append(args[0].dtype))
+        hold_bf16_weights(net)
+        out = net(torch.randn(2, 4, 8, 8), torch.randn(2))
+        assert out.dtype == torch.float32 and out.shape == (2, 4, 8, 8)
+    assert seen == [torch.bfloat16, torch.float32]

@@ -198,7 +198,10 @@ class DiTBackbone(Backbone):
 
     def forward(self, x: Tensor, noise_labels: Tensor, class_labels: Tensor | None = None) -> Tensor:
         cond = self.embed(noise_labels, class_labels)
-        h = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed  # (B, N, hidden)
+        # the fixed embedding is a buffer, kept fp32 when a strategy holds the weights in bf16; cast it to the
+        # weights' dtype so that the residual stream follows them (fp32 weights, under autocast too: unchanged)
+        pos = self.pos_embed.to(self.patch_embed.weight.dtype)
+        h = self.patch_embed(x).flatten(2).transpose(1, 2) + pos  # (B, N, hidden)
         for blk in self.blocks:
             h = blk(h, cond)
         if self.mode == "encoder":

@@ -15,9 +15,14 @@ from diffratio.checkpoint import load_pretrained_denoiser
 
 def make_ema(module: nn.Module) -> nn.Module:
     """A frozen copy of ``module`` to hold the exponential moving average of its weights: a full, plain
-    copy on every rank, also where a strategy partitions or hooks ``module`` (DeepSpeed)."""
+    copy on every rank, also where a strategy partitions or hooks ``module`` (DeepSpeed); in fp32 where the
+    strategy holds the weights in a narrower type (DeepSpeed ``bf16-weights``), so that the average keeps
+    small updates and checkpoints and ``dr-sample`` see fp32 as always."""
     ema = plain_copy(module).eval()
     ema.requires_grad_(False)
+    for p in ema.parameters():
+        if p.is_floating_point() and torch.finfo(p.dtype).bits < 32:
+            p.data = p.data.float()
     return ema
 
 
@@ -47,11 +52,14 @@ def ema_decay_at(decay: float, step: int, warmup: EmaWarmup = "ramp") -> float:
 @torch.no_grad()
 def update_ema(ema: nn.Module, module: nn.Module, decay: float, step: int, warmup: EmaWarmup = "ramp") -> None:
     """``ema = d * ema + (1 - d) * module`` for parameters with ``d = ema_decay_at(decay, step, warmup)``;
-    buffers are copied."""
+    buffers are copied. A source in another dtype than the EMA (bf16 weights into the fp32 EMA) is cast
+    to the EMA's dtype first: ``_foreach_lerp_`` needs equal dtypes."""
     d = ema_decay_at(decay, step, warmup)
     with full_parameters(module):  # gathered where DeepSpeed ZeRO-3 partitions them
         ema_p = [p for p in ema.parameters()]
         src_p = [p.detach() for p in module.parameters()]
+        if any(s.dtype != e.dtype for s, e in zip(src_p, ema_p, strict=True)):
+            src_p = [s.to(e.dtype) for s, e in zip(src_p, ema_p, strict=True)]
         torch._foreach_lerp_(ema_p, src_p, 1.0 - d)
         for b_ema, b in zip(ema.buffers(), module.buffers(), strict=True):
             b_ema.copy_(b)

@@ -7,7 +7,8 @@ well (gathered layer by layer in forward and backward). Checkpoints hold DeepSpe
 folder per model (``checkpoints/<step>/<model>/ds/``), written by every rank into the checkpoint's
 temporary folder and committed by the engine's atomic scheme; ``state.pt`` beside them keeps the EMA,
 every rank's data and RNG states and the consolidated weights of each model, so that ``dr-sample`` and
-``method.init`` read a DeepSpeed run like any other. DeepSpeed is optional:
+``method.init`` read a DeepSpeed run like any other (in fp32, also where the engine holds bf16 weights).
+DeepSpeed is optional:
 ``pip install 'diffratio[deepspeed]'``.
 """
 
@@ -52,10 +53,12 @@ def import_deepspeed(device: torch.device) -> Any:
     return deepspeed
 
 
-def engine_config(optim: OptimizerConfig, zero_stage: int, bf16: bool) -> dict[str, Any]:
+def engine_config(optim: OptimizerConfig, zero_stage: int, precision: str) -> dict[str, Any]:
     """The DeepSpeed config of one model: its Adam(W) (torch's, so no CUDA op is built), clipping, ZeRO
-    stage, and torch autocast for bf16 (fp32 weights and master copy; DeepSpeed's own ``bf16`` mode would
-    keep bf16 weights, which fp32 inputs and an fp32 EMA do not mix with)."""
+    stage and precision (``DeepSpeed.Config.precision``): ``bf16`` is torch autocast over fp32 weights and
+    master copy; ``bf16-weights`` is DeepSpeed's own ``bf16`` mode (bf16 weights in the engine, fp32 master
+    weights and Adam moments in its ZeRO optimiser), whose modules get the casting hooks of
+    ``hold_bf16_weights``."""
     cfg: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": 1,  # required by DeepSpeed; batches are the method's, not its loader's
         "gradient_accumulation_steps": 1,
@@ -68,9 +71,65 @@ def engine_config(optim: OptimizerConfig, zero_stage: int, bf16: bool) -> dict[s
         "steps_per_print": 2**62,
         "wall_clock_breakdown": False,
     }
-    if bf16:
+    if precision == "bf16":
         cfg["torch_autocast"] = {"enabled": True, "dtype": "bfloat16"}
+    elif precision == "bf16-weights":
+        cfg["bf16"] = {"enabled": True}
     return cfg
+
+
+def _cast_floats(value: Any, dtype: torch.dtype) -> Any:
+    """``value`` with its floating-point tensors cast to ``dtype``: a tensor, or tensors nested in tuples,
+    lists and dicts; integer tensors (class labels) and anything else are returned as they are."""
+    if isinstance(value, Tensor):
+        return value.to(dtype) if value.is_floating_point() else value
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a namedtuple
+        return type(value)(*(_cast_floats(v, dtype) for v in value))
+    if isinstance(value, (tuple, list)):
+        return type(value)(_cast_floats(v, dtype) for v in value)
+    if isinstance(value, dict):
+        return {k: _cast_floats(v, dtype) for k, v in value.items()}
+    return value
+
+
+def cast_inputs_to_weights(module: nn.Module, args: tuple[Any, ...],
+                           kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+    """Forward pre-hook (``with_kwargs=True``): cast the floating-point tensor arguments to the dtype of
+    ``module``'s weights (its first floating-point parameter), bf16 under ``bf16-weights``.
+
+    Methods pass fp32 tensors (data, noise, sigma; labels are integers and stay so), and fp32 buffers or
+    fp32 embeddings inside a backbone meet bf16 layers too, which matrix products do not mix. Following
+    the weights' dtype rather than a fixed bf16 keeps a copy of the module that carries these hooks (the
+    fp32 generator EMA of ``make_ema``) working, as a no-op. Gradients flow through the casts."""
+    dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
+    if dtype is None:
+        return None
+    return _cast_floats(args, dtype), _cast_floats(kwargs, dtype)
+
+
+def outputs_to_fp32(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+    """Forward hook: cast the floating-point tensors of ``output`` (a tensor, or a tuple, list or dict of
+    them) to fp32, so that losses, the other model and the EMA see fp32 as with fp32 weights."""
+    return _cast_floats(output, torch.float32)
+
+
+def hold_bf16_weights(module: nn.Module) -> None:
+    """Hooks that let fp32 callers use ``module`` whose weights the engine holds in bf16, registered on the
+    module itself (no wrapper: parameter names and checkpoints stay the same).
+
+    ``cast_inputs_to_weights`` on ``module`` and on every sub-module that owns parameters (a backbone's
+    noise features, its fp32 buffers such as DiT's fixed position embedding, and the fp32 ``c_noise`` are
+    combined with bf16 layers), ``outputs_to_fp32`` on ``module``. Precision: the whole forward pass runs
+    in bf16 from the inputs on, including sigma and so the EDM preconditioning (``c_skip``, ``c_out``,
+    ``c_in``, ``c_noise``), which ``EDMDenoiser`` and ``ClassifierRatio`` compute inside the prepared
+    module in the dtype of ``x``. Buffers stay fp32 (DeepSpeed casts parameters only);
+    a backbone that adds one to its activations casts it to its weights' dtype first (DiT's fixed sin/cos
+    position embedding), so that its residual stream is bf16 too. Meant for speed; its effect on quality
+    is not measured (docs/scale.md)."""
+    for m in module.modules():
+        if m is module or any(True for _ in m.parameters(recurse=False)):
+            m.register_forward_pre_hook(cast_inputs_to_weights, with_kwargs=True)
+    module.register_forward_hook(outputs_to_fp32)
 
 
 class DeepSpeedTrainable(Trainable):
@@ -108,9 +167,10 @@ class DeepSpeedTrainable(Trainable):
 
     def state_dict(self) -> dict[str, Any]:
         """The consolidated weights (gathered under ZeRO-3; every rank calls it), for sampling and
-        ``method.init``; weights and optimiser resume from DeepSpeed's own files (``save_files``)."""
+        ``method.init``, in fp32 (bf16 weights of ``bf16-weights`` are widened; the fp32 master weights
+        stay in DeepSpeed's files); weights and optimiser resume from those files (``save_files``)."""
         with full_parameters(self.raw):
-            model = {k: v.detach().cpu().clone() for k, v in self.raw.state_dict().items()}
+            model = {k: _fp32(v.detach()).cpu().clone() for k, v in self.raw.state_dict().items()}
         return {"model": model, "deepspeed": self.name}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -128,6 +188,11 @@ class DeepSpeedTrainable(Trainable):
             raise CheckpointError(f"{folder} holds no DeepSpeed checkpoint of {self.name!r}")
 
 
+def _fp32(t: Tensor) -> Tensor:
+    """``t`` in fp32 if it is a floating-point tensor of fewer bits (bf16, fp16), else as it is."""
+    return t.float() if t.is_floating_point() and torch.finfo(t.dtype).bits < 32 else t
+
+
 class DeepSpeed(ProcessGroupStrategy):
     """DeepSpeed ZeRO data parallelism: one engine (and Adam) per trained model; launched by ``torchrun``."""
 
@@ -138,7 +203,8 @@ class DeepSpeed(ProcessGroupStrategy):
     class Config:
         zero_stage: int = attrs.field(default=2, validator=attrs.validators.in_((1, 2, 3)))
         # ^ ZeRO stage: 1 partitions Adam's moments, 2 also the gradients, 3 also the weights
-        precision: Literal["fp32", "bf16"] = "fp32"  # bf16 = torch autocast in forward passes; fp32 weights and Adam
+        precision: Literal["fp32", "bf16", "bf16-weights"] = "fp32"  # fp32: all fp32; bf16: autocast, fp32 weights
+        # ^ bf16-weights: DeepSpeed's bf16 mode, bf16 weights over fp32 master weights and Adam (docs/scale.md)
         device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: the GPU of LOCAL_RANK when there are GPUs, else CPU
         backend: Literal["auto", "nccl", "gloo"] = "auto"  # auto: nccl on GPUs, gloo on CPU
         tf32: bool = True  # allow TF32 matrix products on Ampere+ GPUs
@@ -164,9 +230,10 @@ class DeepSpeed(ProcessGroupStrategy):
             raise DiffRatioError(f"strategy 'deepspeed': two models named {name!r}; names must be unique")
         params = [p for p in module.parameters() if p.requires_grad]
         engine, *_ = self._ds.initialize(model=module.to(self._device), model_parameters=params,
-                                         config=engine_config(optim, self.config.zero_stage,
-                                                              self.config.precision == "bf16"),
+                                         config=engine_config(optim, self.config.zero_stage, self.config.precision),
                                          dist_init_required=False)
+        if self.config.precision == "bf16-weights":
+            hold_bf16_weights(engine.module)
         if self.config.compile and self._device.type == "cuda":
             engine.compile()  # nn.Module.compile in place: the engine and forward-only passes both use it
         trainable = DeepSpeedTrainable(name, engine, self._device, optim)
