@@ -267,3 +267,27 @@ def test_channels_last_bf16_autocast_and_compile(kind: str) -> None:
         # one graph, no breaks: no data-dependent Python control flow (dynamo only, no code generation)
         compiled = torch.compile(model, backend="eager", fullgraph=True)
         torch.testing.assert_close(compiled(x, s, y), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_mlp_input_fourier_features() -> None:
+    """``input_features`` adds sin/cos of fixed random projections of the input: off (the default) leaves the
+    model as it was (same parameters, nothing more saved, same initial weights for a seed); on, the
+    frequencies are saved with the weights (a run initialised from another uses its features) and change
+    the output."""
+    from diffratio_builtins.backbones.mlp import MLPBackbone
+
+    def make(**kw: Any) -> MLPBackbone:
+        torch.manual_seed(0)
+        return MLPBackbone(MLPBackbone.Config(hidden=16, depth=1, **kw), data_shape=(2,))
+
+    off, on = make(), make(input_features=8, input_scale=2.0)
+    assert "input_freqs" not in off.state_dict() and off.inp.in_features == 2
+    assert torch.equal(off.inp.weight, make(input_features=0).inp.weight)
+    assert on.state_dict()["input_freqs"].shape == (2, 4) and on.inp.in_features == 2 + 8
+    x = torch.randn(5, 2)
+    feats = on.input_with_features(x)
+    assert torch.allclose(feats[:, 2:6], torch.sin(2 * torch.pi * x @ on.input_freqs))
+    assert torch.equal(feats[:, :2], x)
+    other = make(input_features=8, input_scale=0.5)
+    other.load_state_dict(on.state_dict())  # the frequencies travel with the weights
+    assert torch.equal(other.input_freqs, on.input_freqs)

@@ -171,3 +171,8 @@ def test_dry_run_prints_resolved_config_and_providers() -> None:
     assert out["config"]["divergence"] == {"name": "dijs"}
     assert out["plugins"]["method"]["package"] == "diffratio"
     assert out["run_dir"] == "runs/toy2d"
+
+
+def test_mlp_input_features_must_be_even() -> None:
+    errs = errors_of(base(), "backbone.input_features=3")
+    assert any(e.startswith("recipe.backbone.input_features: must be an even number >= 0") for e in errs), errs

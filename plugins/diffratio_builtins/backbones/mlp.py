@@ -25,6 +25,13 @@ class FourierNoiseEmbedding(nn.Module):
         return torch.cat([arg.cos(), arg.sin()], dim=1)
 
 
+def _even(instance: object, attribute: attrs.Attribute, value: int) -> None:
+    """attrs validator: a count of sin/cos feature pairs, so even and at least 0."""
+    if value < 0 or value % 2:
+        # attrs' own wording, which recipe errors turn into "recipe.<table>.<name>: must ..., got ..."
+        raise ValueError(f"'{attribute.name}' must be an even number >= 0, for sin and cos pairs (got {value})")
+
+
 class MLPBackbone(Backbone):
     """``depth`` residual SiLU blocks of width ``hidden``; conditioning is added to the input projection.
 
@@ -38,6 +45,11 @@ class MLPBackbone(Backbone):
         depth: int = attrs.field(default=3, validator=attrs.validators.ge(1))  # residual blocks
         embed_dim: int = attrs.field(default=64, validator=attrs.validators.gt(1))  # noise features
         dropout: float = 0.0  # dropout probability inside each residual block
+        input_features: int = attrs.field(default=0, validator=_even)
+        # ^ random Fourier features of the input added to it (sin and cos of input_features / 2 projections;
+        # 0 = off): lets the MLP make sharper maps, e.g. a one-step generator's jumps between modes
+        input_scale: float = attrs.field(default=1.0, validator=attrs.validators.gt(0))
+        # ^ standard deviation of those features' frequencies (cycles per unit of the input)
 
     def __init__(self, config: Config, *, data_shape: tuple[int, ...], num_labels: int = 0,
                  mode: str = "full") -> None:
@@ -47,7 +59,11 @@ class MLPBackbone(Backbone):
         self.noise_embed = FourierNoiseEmbedding(c.embed_dim)
         self.cond = nn.Sequential(nn.Linear(c.embed_dim, c.hidden), nn.SiLU(), nn.Linear(c.hidden, c.hidden))
         self.label_embed = nn.Embedding(num_labels, c.hidden) if num_labels else None
-        self.inp = nn.Linear(self.in_dim, c.hidden)
+        # fixed frequencies from a fixed seed (the global RNG stream is untouched); saved with the weights, so
+        # a run initialised from another (method.init) uses that run's features
+        freqs = torch.randn(self.in_dim, c.input_features // 2, generator=torch.Generator().manual_seed(0))
+        self.register_buffer("input_freqs", freqs * c.input_scale, persistent=c.input_features > 0)
+        self.inp = nn.Linear(self.in_dim + c.input_features, c.hidden)
         self.blocks = nn.ModuleList(
             nn.Sequential(nn.SiLU(), nn.Linear(c.hidden, c.hidden), nn.SiLU(), nn.Dropout(c.dropout),
                           nn.Linear(c.hidden, c.hidden))
@@ -61,8 +77,15 @@ class MLPBackbone(Backbone):
     def feature_dim(self) -> int:
         return self.config.hidden
 
+    def input_with_features(self, x: Tensor) -> Tensor:
+        """``x`` (flattened), followed by sin and cos of ``2 pi x B`` when ``input_features`` > 0."""
+        if not self.config.input_features:
+            return x
+        arg = 2 * math.pi * x @ self.input_freqs.to(x.dtype)
+        return torch.cat([x, arg.sin(), arg.cos()], dim=1)
+
     def forward(self, x: Tensor, noise_labels: Tensor, class_labels: Tensor | None = None) -> Tensor:
-        h = self.inp(x.flatten(1)) + self.cond(self.noise_embed(noise_labels))
+        h = self.inp(self.input_with_features(x.flatten(1))) + self.cond(self.noise_embed(noise_labels))
         lab = self.embed_labels(self.label_embed, class_labels)
         if lab is not None:
             h = h + lab
