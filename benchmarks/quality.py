@@ -362,7 +362,8 @@ def report(args: argparse.Namespace) -> None:
     print("### Verifier (candidates per sample; each verified run with its own ratio estimator)\n")
     ver = [r for r in rows if r["kind"] == "verifier"]
     # N = 1: each verified run's own final row at the step its verifier rows sampled (not other steps')
-    ver += [r for r in rows if r["kind"] == "final" and (r["run"], r["step"]) in {(v["run"], v["step"]) for v in ver}]
+    verified_at = {(v["run"], v["step"]) for v in ver}
+    ver += [r for r in rows if r["kind"] == "final" and (r["run"], r["step"]) in verified_at]
     ver.sort(key=lambda r: (r["run"], r.get("select", ""), r.get("sigma", 0), r.get("candidates", 1)))
     table(["run", "step", "select", "candidates", "sigma", "fid", "precision", "recall", "mean_ess",
            "sample_ms_per_image"], ver)

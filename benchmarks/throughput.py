@@ -301,14 +301,14 @@ def measure(recipe: str, sets: list[str], method_name: str, *, steps: int, warmu
         wall = time.perf_counter() - start
         aux_ms, gen_ms = timer.total_ms("aux") / steps, timer.total_ms("generator") / steps
         step_s = wall / steps
+        peak, card = peak_tflops(device, peak_override)
         if profile_out is not None and strategy.is_main:
             kernels, wall_us = profile_steps(train_step, profile_n, device)
             profile_out.parent.mkdir(parents=True, exist_ok=True)
             profile_out.write_text(
                 f"Profile of {profile_n} steps of `{method_name}` ({recipe}, --set {' '.join(sets)}), "
-                f"{peak_tflops(device, peak_override)[1]}, {wall_us / profile_n / 1e3:.1f} ms per step under the "
+                f"{card}, {wall_us / profile_n / 1e3:.1f} ms per step under the "
                 f"profiler ({step_s * 1e3:.1f} ms without it)\n\n" + kernel_breakdown(kernels, wall_us))
-        peak, card = peak_tflops(device, peak_override)
         world = strategy.world_size
         counts = method.parameter_counts()
         row = {

@@ -57,9 +57,8 @@ def update_ema(ema: nn.Module, module: nn.Module, decay: float, step: int, warmu
     d = ema_decay_at(decay, step, warmup)
     with full_parameters(module):  # gathered where DeepSpeed ZeRO-3 partitions them
         ema_p = [p for p in ema.parameters()]
-        src_p = [p.detach() for p in module.parameters()]
-        if any(s.dtype != e.dtype for s, e in zip(src_p, ema_p, strict=True)):
-            src_p = [s.to(e.dtype) for s, e in zip(src_p, ema_p, strict=True)]
+        # .to is a no-op (no copy) where the dtypes already match
+        src_p = [p.detach().to(e.dtype) for p, e in zip(module.parameters(), ema_p, strict=True)]
         torch._foreach_lerp_(ema_p, src_p, 1.0 - d)
         for b_ema, b in zip(ema.buffers(), module.buffers(), strict=True):
             b_ema.copy_(b)
