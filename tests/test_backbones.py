@@ -237,6 +237,28 @@ def test_dit_encoder_needs_two_blocks() -> None:
         build("dit", "encoder", depth=1)
 
 
+def test_dit_encoder_depth_keeps_the_first_blocks_of_the_full_network() -> None:
+    """``encoder_depth`` (a lighter ratio estimator): the first k blocks, named as in full mode, so the
+    estimator starts from those blocks of the pretrained denoiser; the output is the features after block k."""
+    torch.manual_seed(0)
+    full = build("dit", depth=4)
+    perturb(full)
+    enc = build("dit", "encoder", depth=4, encoder_depth=1)
+    assert len(enc.blocks) == 1 and len(build("dit", "encoder", depth=4).blocks) == 2
+    assert len(full.blocks) == len(build("dit", depth=4, encoder_depth=1).blocks) == 4  # full mode unchanged
+    state = full.state_dict()
+    enc.load_state_dict({k: v for k, v in state.items() if k in enc.state_dict()})
+    assert not any(k.startswith(("blocks.1.", "final.")) for k in enc.state_dict())
+    x, s, _ = inputs("dit")
+    with torch.no_grad():  # the same computation as full mode's patch embedding, conditioning and block 0
+        cond = full.embed(s, None)
+        h = full.blocks[0](full.patch_embed(x).flatten(2).transpose(1, 2) + full.pos_embed, cond)
+        torch.testing.assert_close(enc(x, s), torch.nn.functional.layer_norm(h, (32,), eps=1e-6).mean(dim=1))
+    with pytest.raises(DiffRatioError, match="encoder_depth 5 exceeds the depth 4"):
+        build("dit", "encoder", depth=4, encoder_depth=5)
+    assert build("dit", "encoder", depth=1, encoder_depth=1).blocks  # one block is enough when asked for
+
+
 def test_recipe_tables_structure_into_the_configs() -> None:
     cfg, errors = structure_config({"model_channels": 64, "channel_mult": [1, 2, 2], "attn_resolutions": [8],
                                     "attention": "math"}, unet.UNetBackbone.Config, "recipe.backbone")

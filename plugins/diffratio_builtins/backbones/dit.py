@@ -5,8 +5,10 @@ embedding; every block turns ``c`` into shift, scale and gate of its attention a
 zero-initialised linear layer, so each block starts as the identity (adaLN-Zero), and the final linear
 layer is zero-initialised, so the ``full`` model starts at output 0.
 
-``encoder`` mode keeps the patch embedding, the conditioning and the first ``depth // 2`` blocks, then a
-parameter-free LayerNorm and the mean over tokens; its parameter names are those of ``full`` mode.
+``encoder`` mode keeps the patch embedding, the conditioning and the first ``encoder_depth`` blocks (by
+default ``depth // 2``, the encoder half of method.md section 5), then a parameter-free LayerNorm and the mean
+over tokens; its parameter names are those of ``full`` mode, so a ratio estimator of any ``encoder_depth``
+starts from the first blocks of the same pretrained denoiser.
 """
 
 from __future__ import annotations
@@ -122,6 +124,9 @@ class DiTBackbone(Backbone):
         depth: int | None = attrs.field(default=None, validator=_opt_pos)  # override the preset's depth
         hidden: int | None = attrs.field(default=None, validator=_opt_pos)  # override the preset's width
         heads: int | None = attrs.field(default=None, validator=_opt_pos)  # override the preset's heads
+        encoder_depth: int | None = attrs.field(default=None, validator=_opt_pos)
+        # ^ blocks kept in encoder mode (the ratio estimator); default depth // 2. Fewer is a lighter, faster
+        #   estimator (docs/scale.md); full mode (generator, pretraining) is unchanged by it
         mlp_ratio: float = attrs.field(default=4.0, validator=_pos)  # MLP width / hidden width
         pos_embed: Literal["sincos", "learned"] = "sincos"  # fixed 2-D sin/cos, or learned (from sin/cos)
         embedding: Literal["positional", "fourier"] = "positional"  # features of the noise label
@@ -163,7 +168,7 @@ class DiTBackbone(Backbone):
         if self.label_embed is not None:
             nn.init.normal_(self.label_embed.weight, std=0.02)
 
-        n_blocks = depth if mode == "full" else depth // 2
+        n_blocks = depth if mode == "full" else (c.encoder_depth or depth // 2)
         self.blocks = nn.ModuleList(DiTBlock(hidden, heads, c.mlp_ratio, c.attention) for _ in range(n_blocks))
         if mode == "full":
             self.final = DiTFinalLayer(hidden, p * p * chans)
@@ -181,8 +186,12 @@ class DiTBackbone(Backbone):
             raise DiffRatioError(f"dit: the 2-D position embedding needs hidden divisible by 4, got {hidden}")
         if c.noise_channels % 2:
             raise DiffRatioError(f"dit: noise_channels must be even, got {c.noise_channels}")
-        if mode == "encoder" and depth < 2:
-            raise DiffRatioError(f"dit: encoder mode uses depth // 2 blocks and needs depth >= 2, got {depth}")
+        if mode == "encoder" and c.encoder_depth is None and depth < 2:
+            raise DiffRatioError(f"dit: encoder mode uses depth // 2 blocks and needs depth >= 2, got {depth}"
+                                 " (or set encoder_depth)")
+        if c.encoder_depth is not None and c.encoder_depth > depth:
+            raise DiffRatioError(f"dit: encoder_depth {c.encoder_depth} exceeds the depth {depth}: the encoder "
+                                 "keeps the first encoder_depth blocks of the full network")
 
     @property
     def feature_dim(self) -> int:
