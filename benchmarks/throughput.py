@@ -23,8 +23,10 @@ counter does not see), so MFU compares backends on the same model FLOPs.
 
 With ``--profile DIR``, each row then runs ``--profile-steps`` more steps under ``torch.profiler`` and writes
 ``DIR/VARIANT-METHOD.md``: GPU kernel time per category (matrix products, attention, normalisation and other
-element-wise kernels, optimiser, copies, communication) against the wall time, and the top kernels; this is
-where an MFU below target is explained.
+element-wise kernels, optimiser, copies, communication) against the wall time, the top kernels, and for the
+memory-bound categories (copies and casts, other element-wise) the chains of operations that launched their
+kernels (``aten::copy_ < aten::clone < aten::contiguous < PermuteBackward0``: the launching op first, then its
+callers); this is where an MFU below target is explained.
 
 Each row runs in a fresh Python process (peak memory of that row alone; an out-of-memory row is reported, not
 fatal), unless ``--no-isolate`` or under torchrun (``WORLD_SIZE`` > 1), where rows run in turn in-process on
@@ -218,9 +220,11 @@ def kernel_category(name: str) -> str:
     return next((label for label, pattern in KERNEL_CATEGORIES if pattern.search(name)), "other element-wise")
 
 
-def kernel_breakdown(kernels: list[tuple[str, float, int]], wall_us: float, top: int = 15) -> str:
+def kernel_breakdown(kernels: list[tuple[str, float, int]], wall_us: float, top: int = 15,
+                     sources: dict[str, list[tuple[str, float, int]]] | None = None) -> str:
     """Markdown of a profile: ``kernels`` as (name, total GPU microseconds, calls) over ``wall_us`` of wall time;
-    the time per category with its share of the wall time, the idle share, then the ``top`` kernels."""
+    the time per category with its share of the wall time, the idle share, then the ``top`` kernels, then for
+    each category in ``sources`` its launch chains as (chain, GPU microseconds, kernels) (``launch_chains``)."""
     busy = sum(t for _, t, _ in kernels)
     by_cat: dict[str, list[float]] = {}
     for name, t, calls in kernels:
@@ -236,13 +240,48 @@ def kernel_breakdown(kernels: list[tuple[str, float, int]], wall_us: float, top:
     for name, t, calls in sorted(kernels, key=lambda k: -k[1])[:top]:
         short = name if len(name) <= 90 else name[:87] + "..."
         lines.append(f"| `{short.replace('|', '/')}` | {kernel_category(name)} | {t / 1e3:.1f} | {calls:,} |")
+    for cat, chains in (sources or {}).items():
+        if not chains:  # a CPU run, or no kernel of that category
+            continue
+        lines += ["", f"{cat.capitalize()}: kernels by the operations that launched them (top {top}):", "",
+                  "| launching op < its callers | GPU ms | kernels |", "|---|---|---|"]
+        lines += [f"| `{chain.replace('|', '/')}` | {t / 1e3:.1f} | {n:,} |" for chain, t, n in chains[:top]]
     return "\n".join(lines) + "\n"
 
 
-def profile_steps(train_step: Callable[[], None], n: int, device: torch.device) -> tuple[list[tuple[str, float, int]],
-                                                                                         float]:
-    """Run ``n`` steps under ``torch.profiler``; return the CUDA kernels as (name, total microseconds, calls)
-    and the wall time in microseconds."""
+#: prefix of the profiler's names of autograd nodes, dropped from launch chains
+_AUTOGRAD_PREFIX = "autograd::engine::evaluate_function: "
+
+
+def launch_chains(events: Any, category: str, depth: int = 4) -> list[tuple[str, float, int]]:
+    """GPU time of the kernels of ``category`` grouped by the chain of operations that launched them, most
+    first, as (chain, microseconds, kernels). ``events`` are a profile's CPU operations (``prof.events()``),
+    each with the kernels it launched and its caller (``cpu_parent``); a chain is the launching op and up to
+    ``depth - 1`` callers, innermost first, so a backward copy names its autograd node (``PermuteBackward0``)
+    and a forward one the op that asked for it (``aten::contiguous``)."""
+    acc: dict[str, list[float]] = {}
+    for e in events:
+        times = [k.duration for k in getattr(e, "kernels", None) or [] if kernel_category(k.name) == category]
+        if not times:
+            continue
+        names, op = [], e
+        while op is not None and len(names) < depth:
+            names.append(op.name.removeprefix(_AUTOGRAD_PREFIX))
+            op = op.cpu_parent
+        entry = acc.setdefault(" < ".join(names), [0.0, 0])
+        entry[0] += sum(times)
+        entry[1] += len(times)
+    return sorted(((chain, t, int(n)) for chain, (t, n) in acc.items()), key=lambda r: -r[1])
+
+
+#: categories whose kernels ``--profile`` traces back to the operations that launched them
+TRACED_CATEGORIES = ("copies and casts", "other element-wise")
+
+
+def profile_steps(train_step: Callable[[], None], n: int, device: torch.device) -> tuple[
+        list[tuple[str, float, int]], float, dict[str, list[tuple[str, float, int]]]]:
+    """Run ``n`` steps under ``torch.profiler``; return the CUDA kernels as (name, total microseconds, calls),
+    the wall time in microseconds, and the launch chains of the ``TRACED_CATEGORIES`` (``launch_chains``)."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
@@ -254,7 +293,9 @@ def profile_steps(train_step: Callable[[], None], n: int, device: torch.device) 
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         wall_us = (time.perf_counter() - start) * 1e6
-    return kernels_of(prof.key_averages(), DeviceType.CUDA), wall_us
+    events = prof.events()
+    sources = {cat: launch_chains(events, cat) for cat in TRACED_CATEGORIES}
+    return kernels_of(prof.key_averages(), DeviceType.CUDA), wall_us, sources
 
 
 def kernels_of(averages: Any, cuda: Any) -> list[tuple[str, float, int]]:
@@ -303,12 +344,13 @@ def measure(recipe: str, sets: list[str], method_name: str, *, steps: int, warmu
         step_s = wall / steps
         peak, card = peak_tflops(device, peak_override)
         if profile_out is not None and strategy.is_main:
-            kernels, wall_us = profile_steps(train_step, profile_n, device)
+            kernels, wall_us, sources = profile_steps(train_step, profile_n, device)
             profile_out.parent.mkdir(parents=True, exist_ok=True)
             profile_out.write_text(
                 f"Profile of {profile_n} steps of `{method_name}` ({recipe}, --set {' '.join(sets)}), "
                 f"{card}, {wall_us / profile_n / 1e3:.1f} ms per step under the "
-                f"profiler ({step_s * 1e3:.1f} ms without it)\n\n" + kernel_breakdown(kernels, wall_us))
+                f"profiler ({step_s * 1e3:.1f} ms without it)\n\n"
+                + kernel_breakdown(kernels, wall_us, sources=sources))
         world = strategy.world_size
         counts = method.parameter_counts()
         row = {

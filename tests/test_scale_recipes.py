@@ -208,6 +208,37 @@ def test_throughput_profile_breakdown() -> None:
     assert tp.kernels_of(ev, "cuda") == [("gemm_a", 5.0, 2)]
 
 
+def test_throughput_profile_traces_kernels_to_the_ops_that_launched_them() -> None:
+    """Launch chains: the launching op, then its callers (autograd nodes without their prefix), innermost
+    first; only kernels of the asked category count, summed per chain, the chain with most time first."""
+    tp = throughput_module()
+
+    def op(name: str, parent: object = None, kernels: tuple[tuple[str, float], ...] = ()) -> SimpleNamespace:
+        return SimpleNamespace(name=name, cpu_parent=parent,
+                               kernels=[SimpleNamespace(name=k, duration=t) for k, t in kernels])
+
+    node = op("autograd::engine::evaluate_function: PermuteBackward0")
+    contiguous = op("aten::contiguous", op("aten::reshape", op("DiTBlock._attend")))
+    copy_kernel = "void at::native::elementwise_kernel<128, 4, at::native::direct_copy_kernel_cuda>"
+    events = [
+        node, contiguous,
+        op("aten::copy_", op("aten::clone", node), ((copy_kernel, 40.0),)),
+        op("aten::copy_", op("aten::clone", contiguous), ((copy_kernel, 10.0), (copy_kernel, 5.0))),
+        op("aten::copy_", op("aten::clone", node), ((copy_kernel, 20.0),)),
+        op("aten::add", node, (("vectorized_elementwise_kernel<AddFunctor>", 7.0),)),
+        op("aten::mm", None, (("nvjet_sm90_gemm", 99.0),)),
+    ]
+    chains = tp.launch_chains(events, "copies and casts")
+    assert chains == [("aten::copy_ < aten::clone < PermuteBackward0", 60.0, 2),
+                      ("aten::copy_ < aten::clone < aten::contiguous < aten::reshape", 15.0, 2)]
+    assert tp.launch_chains(events, "other element-wise") == [("aten::add < PermuteBackward0", 7.0, 1)]
+    text = tp.kernel_breakdown([(copy_kernel, 75.0, 4)], 100.0, sources={"copies and casts": chains,
+                                                                         "other element-wise": []})
+    assert "Copies and casts: kernels by the operations that launched them" in text
+    assert "| `aten::copy_ < aten::clone < PermuteBackward0` | 0.1 | 2 |" in text
+    assert "Other element-wise:" not in text  # an empty category prints nothing
+
+
 def test_throughput_profile_option_writes_a_file_per_row(tmp_path: Path) -> None:
     """--profile runs the profiler after the timed steps (no CUDA kernels on CPU: all wall time reads idle)."""
     tp = throughput_module()
