@@ -10,6 +10,7 @@ from an earlier one stands for a run killed there (no extra launch for a second 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -19,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+import attrs
 import pytest
 import torch
 
@@ -344,6 +346,35 @@ def test_bf16_weights_engine_config() -> None:
     assert cfg["torch_autocast"]["enabled"] and "bf16" not in cfg
     cfg = engine_config(optim, 3, "fp32")
     assert "bf16" not in cfg and "torch_autocast" not in cfg
+
+
+def test_engine_config_table_merges_into_every_engine(deepspeed_installed: None) -> None:
+    """``strategy.engine_config`` (a recipe table, also through ``--set``) merges into the config the strategy
+    builds, table by table: here DeepSpeed's own overflow check of ``bf16-weights`` is turned off."""
+    from diffratio import OptimizerConfig
+    from diffratio_builtins.strategies.deepspeed import DeepSpeed, engine_config, merge_config
+
+    base = engine_config(OptimizerConfig(lr=1e-3), 2, "bf16-weights")
+    merged = merge_config(base, {"bf16": {"check_grad_overflow": False}, "gradient_clipping": 0.5})
+    assert merged["bf16"] == {"enabled": True, "check_grad_overflow": False} and merged["gradient_clipping"] == 0.5
+    assert base["bf16"] == {"enabled": True}  # the inputs are left as they were
+    resolved = load_recipe(RECIPES / "toy2d.toml", [*BF16W, "strategy.engine_config.bf16.check_grad_overflow=false"],
+                           registry=default_registry())
+    config = resolved.components["strategy"].config
+    assert config.engine_config == {"bf16": {"check_grad_overflow": False}}
+    for cfg, checked in ((attrs.evolve(config, device="cpu"), False),
+                         (DeepSpeed.Config(device="cpu", zero_stage=2, precision="bf16-weights"), True)):
+        strategy = DeepSpeed(cfg)
+        try:
+            t = strategy.prepare("net", torch.nn.Linear(2, 2), OptimizerConfig(lr=0.1))
+            assert t.engine.optimizer.check_grad_overflow is checked  # DeepSpeed read the merged table
+            # what the docs warn of: without the check, bf16 weights take a non-finite step instead of skipping it
+            t.backward(t.module(torch.ones(1, 2)).sum() * math.nan)
+            t.step()
+            assert t.last_step_ok is not checked
+            assert all(torch.isfinite(p).all() for p in t.raw.parameters()) is checked
+        finally:
+            strategy.close()
 
 
 class _Probe(torch.nn.Module):

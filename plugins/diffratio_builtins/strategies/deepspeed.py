@@ -78,6 +78,18 @@ def engine_config(optim: OptimizerConfig, zero_stage: int, precision: str) -> di
     return cfg
 
 
+def merge_config(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``extra`` merged in: tables (dicts) merge key by key, at any depth; any other value of
+    ``extra`` replaces ``base``'s. Neither input is changed."""
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge_config(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 def _cast_floats(value: Any, dtype: torch.dtype) -> Any:
     """``value`` with its floating-point tensors cast to ``dtype``: a tensor, or tensors nested in tuples,
     lists and dicts; integer tensors (class labels) and anything else are returned as they are."""
@@ -213,6 +225,10 @@ class DeepSpeed(ProcessGroupStrategy):
         # ^ how long a rank waits for the others in a collective (rank 0 evaluates while they wait)
         compile: bool = False  # torch.compile each model in place on GPU (DeepSpeed's engine.compile; ignored
         # on CPU); parameter names and checkpoints are unchanged. Not yet measured at scale (docs/scale.md)
+        engine_config: dict[str, Any] = attrs.Factory(dict)
+        # ^ DeepSpeed config merged into every engine's, table by table, over what the strategy sets, for
+        #   experiments (DeepSpeed checks the keys). E.g. {bf16 = {check_grad_overflow = false}} drops the
+        #   per-gradient overflow check of bf16-weights, and with it the skipping of non-finite steps (docs/scale.md)
 
     def __init__(self, config: Config | None = None) -> None:
         config = config if config is not None else self.Config()
@@ -230,7 +246,9 @@ class DeepSpeed(ProcessGroupStrategy):
             raise DiffRatioError(f"strategy 'deepspeed': two models named {name!r}; names must be unique")
         params = [p for p in module.parameters() if p.requires_grad]
         engine, *_ = self._ds.initialize(model=module.to(self._device), model_parameters=params,
-                                         config=engine_config(optim, self.config.zero_stage, self.config.precision),
+                                         config=merge_config(engine_config(optim, self.config.zero_stage,
+                                                                           self.config.precision),
+                                                             self.config.engine_config),
                                          dist_init_required=False)
         if self.config.precision == "bf16-weights":
             hold_bf16_weights(engine.module)
