@@ -70,6 +70,11 @@ class _Commented:
     below: bool = attrs.field(default=True)
     # ^ a comment under the field
     from_docstring: int = 3
+    continued: int = 5
+    # ^ a comment under the field,
+    #   continued on an indented line
+    # then the next field's comment above it
+    after_continued: int = 6
     undocumented: int = 4
 
 
@@ -87,6 +92,8 @@ def test_meanings_come_from_comments_and_docstrings() -> None:
         "above": "a comment on the line above, over two lines",
         "below": "a comment under the field",
         "from_docstring": "given in the class docstring",
+        "continued": "a comment under the field, continued on an indented line",
+        "after_continued": "then the next field's comment above it",
     }
 
 

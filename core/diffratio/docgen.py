@@ -6,7 +6,8 @@ command-line reference, docs/cli.md, from the click commands:
 
 Every table a recipe may hold is listed with each built-in component's Config fields: type, default and
 one line of meaning. The meaning is the field's ``# comment`` in the source: trailing, on whole lines
-right above it, or on a line right under it that starts with ``# ^``; else a ``name: meaning`` line in
+right above it, or on a line right under it that starts with ``# ^`` (and lines indented past their ``#`` that
+continue it); else a ``name: meaning`` line in
 the Config class's docstring. tests/test_docs.py fails when docs/recipes.md
 differs from a fresh rendering or when a field has no meaning (``missing_meanings``).
 """
@@ -95,18 +96,44 @@ def _own_meanings(cls: type) -> dict[str, str]:
         if not (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)):
             continue
         end = stmt.end_lineno or stmt.lineno
-        above, n = [], stmt.lineno - 1  # whole-line comments right above the field (not a "# ^" one)
-        while n in comments and lines[n - 1].strip().startswith("#") and not lines[n - 1].strip().startswith("# ^"):
-            above.insert(0, _clean(comments[n]))
+        run, n = [], stmt.lineno - 1  # the whole-line comments right above the field
+        while _whole_comment(n, comments, lines):
+            run.insert(0, n)
             n -= 1
+        above = [_clean(comments[k]) for k in run if not _in_caret_block(k, comments, lines)]
         parts = [" ".join(above)] if above else []
         parts += [_clean(comments[n]) for n in range(stmt.lineno, end + 1) if n in comments]
         below = end + 1
         if below in comments and lines[below - 1].strip().startswith("# ^"):
-            parts.append(_clean(comments[below]))
+            block = [_clean(comments[below])]  # the "# ^" line and its indented continuation lines
+            while _in_caret_block(below + 1, comments, lines) and not _is_caret(below + 1, lines):
+                below += 1
+                block.append(_clean(comments[below]))
+            parts.append(" ".join(block))
         if parts:
             out[stmt.target.id] = "; ".join(p for p in parts if p)
     return out
+
+
+def _whole_comment(n: int, comments: dict[int, str], lines: list[str]) -> bool:
+    """Whether line ``n`` (1-based) holds only a comment."""
+    return n in comments and lines[n - 1].strip().startswith("#")
+
+
+def _is_caret(n: int, lines: list[str]) -> bool:
+    return lines[n - 1].strip().startswith("# ^")
+
+
+def _in_caret_block(n: int, comments: dict[int, str], lines: list[str]) -> bool:
+    """Whether line ``n`` belongs to the meaning of the field above it: a ``# ^`` line, or a comment line
+    indented past the ``#`` (``#   more``) that follows one directly or through other such lines."""
+    while _whole_comment(n, comments, lines):
+        if _is_caret(n, lines):
+            return True
+        if not lines[n - 1].strip().startswith("#  "):
+            return False
+        n -= 1
+    return False
 
 
 def field_meanings(config_cls: type) -> dict[str, str]:

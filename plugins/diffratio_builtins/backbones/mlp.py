@@ -47,7 +47,7 @@ class MLPBackbone(Backbone):
         dropout: float = 0.0  # dropout probability inside each residual block
         input_features: int = attrs.field(default=0, validator=_even)
         # ^ random Fourier features of the input added to it (sin and cos of input_features / 2 projections;
-        # 0 = off): lets the MLP make sharper maps, e.g. a one-step generator's jumps between modes
+        #   0 = off): lets the MLP make sharper maps, e.g. a one-step generator's jumps between modes
         input_scale: float = attrs.field(default=1.0, validator=attrs.validators.gt(0))
         # ^ standard deviation of those features' frequencies (cycles per unit of the input)
 

@@ -223,12 +223,13 @@ class DeepSpeed(ProcessGroupStrategy):
         threads: int = 0  # CPU threads for torch per process (0 = torch's default)
         timeout_minutes: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
         # ^ how long a rank waits for the others in a collective (rank 0 evaluates while they wait)
-        compile: bool = False  # torch.compile each model in place on GPU (DeepSpeed's engine.compile; ignored
-        # on CPU); parameter names and checkpoints are unchanged. Not yet measured at scale (docs/scale.md)
+        # torch.compile each model in place on GPU (DeepSpeed's engine.compile; ignored on CPU); parameter names
+        # and checkpoints are unchanged; gained nothing on the ImageNet-512 step (docs/scale.md)
+        compile: bool = False
+        # DeepSpeed config merged into every engine's, table by table, over what the strategy sets, for
+        # experiments (DeepSpeed checks the keys); e.g. {bf16 = {check_grad_overflow = false}} drops the
+        # per-gradient overflow check of bf16-weights and with it the skipping of non-finite steps (docs/scale.md)
         engine_config: dict[str, Any] = attrs.Factory(dict)
-        # ^ DeepSpeed config merged into every engine's, table by table, over what the strategy sets, for
-        #   experiments (DeepSpeed checks the keys). E.g. {bf16 = {check_grad_overflow = false}} drops the
-        #   per-gradient overflow check of bf16-weights, and with it the skipping of non-finite steps (docs/scale.md)
 
     def __init__(self, config: Config | None = None) -> None:
         config = config if config is not None else self.Config()
