@@ -6,10 +6,9 @@ command-line reference, docs/cli.md, from the click commands:
 
 Every table a recipe may hold is listed with each built-in component's Config fields: type, default and
 one line of meaning. The meaning is the field's ``# comment`` in the source: trailing, on whole lines
-right above it, or on a line right under it that starts with ``# ^`` (and lines indented past their ``#`` that
-continue it); else a ``name: meaning`` line in
-the Config class's docstring. tests/test_docs.py fails when docs/recipes.md
-differs from a fresh rendering or when a field has no meaning (``missing_meanings``).
+right above it, or on a line right under it that starts with ``# ^`` (continued on lines indented past
+their ``#``); else a ``name: meaning`` line in the Config class's docstring. tests/test_docs.py fails when
+docs/recipes.md differs from a fresh rendering or when a field has no meaning (``missing_meanings``).
 """
 
 from __future__ import annotations
