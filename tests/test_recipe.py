@@ -55,6 +55,12 @@ def test_strict_types_no_silent_conversion() -> None:
     assert len(errs) == 4  # all reported together
 
 
+def test_a_table_field_given_another_value_names_the_table() -> None:
+    doc = base()
+    doc["strategy"] = {"name": "deepspeed", "engine_config": 3}
+    assert errors_of(doc) == ["recipe.strategy.engine_config: expected a table ({key = value, ...}), got int"]
+
+
 def test_validators_and_literals() -> None:
     doc = base()
     doc["backbone"]["depth"] = 0

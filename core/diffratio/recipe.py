@@ -174,12 +174,16 @@ def _walk_errors(exc: BaseException, path: str, cls: type | None) -> list[str]:
     if isinstance(exc, TypeError) and "missing" in str(exc) and "required" in str(exc):
         return [f"{path}: {exc}".replace("__init__() ", "")]
     msg = str(exc.args[0]) if exc.args else str(exc)
+    table = _NOT_A_TABLE.match(msg) if isinstance(exc, AttributeError) else None
+    if table:  # cattrs iterates a dict field's value with .items()
+        return [f"{path}: expected a table ({{key = value, ...}}), got {table['type']}"]
     m = _ATTRS_VALIDATOR.match(msg)
     if m:  # attrs validators name the attribute inside the message: move it into the path
         return [f"{path}.{m['name']}: must {m['rule']}, got {m['value']}"]
     return [f"{path}: {msg}"]
 
 
+_NOT_A_TABLE = re.compile(r"^'(?P<type>\w+)' object has no attribute 'items'$")
 _ATTRS_VALIDATOR = re.compile(r"^'(?P<name>\w+)' must (?P<rule>.+?)(: | \(got )(?P<value>.*?)\)?$", re.S)
 
 
