@@ -259,6 +259,33 @@ def test_dit_encoder_depth_keeps_the_first_blocks_of_the_full_network() -> None:
     assert build("dit", "encoder", depth=1, encoder_depth=1).blocks  # one block is enough when asked for
 
 
+def test_unet_encoder_blocks_keeps_the_first_blocks_of_each_level() -> None:
+    """``encoder_blocks`` (a lighter ratio estimator): the first k residual blocks of each level of the down
+    path and the middle, named as in full mode, so the estimator loads them from the pretrained denoiser and
+    computes what the full network's down path computes with those blocks alone."""
+    torch.manual_seed(0)
+    full = build("unet", num_blocks=2)
+    perturb(full)
+    enc = build("unet", "encoder", num_blocks=2, encoder_blocks=1)
+    assert list(enc.enc) == ["8x8_block0", "4x4_down", "4x4_block0"]
+    assert list(build("unet", "encoder", num_blocks=2).enc) == [
+        "8x8_block0", "8x8_block1", "4x4_down", "4x4_block0", "4x4_block1"]
+    assert list(build("unet", num_blocks=2, encoder_blocks=1).enc) == list(full.enc)  # full mode unchanged
+    state = full.state_dict()
+    enc.load_state_dict({k: v for k, v in state.items() if k in enc.state_dict()})
+    x, s, _ = inputs("unet")
+    with torch.no_grad():
+        emb = full.embed(s, None)
+        h = full.conv_in(x)
+        for name in ("8x8_block0", "4x4_down", "4x4_block0"):
+            h = full.enc[name](h, emb)
+        for blk in full.mid:
+            h = blk(h, emb)
+        torch.testing.assert_close(enc(x, s), h.mean(dim=(2, 3)))
+    with pytest.raises(DiffRatioError, match="encoder_blocks 3 exceeds num_blocks 2"):
+        build("unet", "encoder", num_blocks=2, encoder_blocks=3)
+
+
 def test_recipe_tables_structure_into_the_configs() -> None:
     cfg, errors = structure_config({"model_channels": 64, "channel_mult": [1, 2, 2], "attn_resolutions": [8],
                                     "attention": "math"}, unet.UNetBackbone.Config, "recipe.backbone")

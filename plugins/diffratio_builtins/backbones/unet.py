@@ -155,6 +155,9 @@ class UNetBackbone(Backbone):
         model_channels: int = attrs.field(default=128, validator=_pos)  # channels of the first level
         channel_mult: tuple[int, ...] = attrs.field(default=(2, 2, 2))  # per level, times model_channels
         num_blocks: int = attrs.field(default=4, validator=_pos)  # residual blocks per level (down path)
+        encoder_blocks: int | None = attrs.field(default=None, validator=attrs.validators.optional(_pos))
+        # ^ residual blocks per level kept in encoder mode (the ratio estimator): the first ones of each level;
+        #   default num_blocks. Fewer is a lighter estimator; full mode is unchanged by it (docs/scale.md)
         attn_resolutions: tuple[int, ...] = (16,)  # resolutions (side length) with self-attention
         dropout: float = attrs.field(default=0.0, validator=[attrs.validators.ge(0), attrs.validators.lt(1)])
         # ^ dropout probability inside each residual block (EDM's CIFAR-10 model: 0.13)
@@ -185,6 +188,9 @@ class UNetBackbone(Backbone):
         if noise_ch % 2:
             raise DiffRatioError(f"unet: the noise embedding needs an even width, got model_channels * "
                                  f"channel_mult_noise = {noise_ch}")
+        if c.encoder_blocks is not None and c.encoder_blocks > c.num_blocks:
+            raise DiffRatioError(f"unet: encoder_blocks {c.encoder_blocks} exceeds num_blocks {c.num_blocks}: the "
+                                 "encoder keeps the first encoder_blocks blocks of each level of the full network")
 
         # noise and class embedding
         self.map_noise = (PositionalEmbedding(noise_ch) if c.embedding == "positional"
@@ -209,7 +215,7 @@ class UNetBackbone(Backbone):
             if level > 0:
                 self.enc[f"{res}x{res}_down"] = block(cout, cout, res, resample="down")
                 skips.append(cout)
-            for idx in range(c.num_blocks):
+            for idx in range(c.num_blocks if mode == "full" else (c.encoder_blocks or c.num_blocks)):
                 cin_b, cout = cout, c.model_channels * mult
                 self.enc[f"{res}x{res}_block{idx}"] = block(cin_b, cout, res, attn=res in c.attn_resolutions)
                 skips.append(cout)
