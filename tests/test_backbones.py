@@ -139,6 +139,24 @@ def test_ratio_estimator_loads_every_encoder_tensor_of_a_denoiser(kind: str) -> 
         torch.testing.assert_close(ratio.backbone(x, s, y), pooled, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize(("kind", "lighter"), [("unet", {"num_blocks": 2, "encoder_blocks": 1}),
+                                               ("dit", {"depth": 4, "encoder_depth": 1})])
+def test_a_lighter_ratio_estimator_loads_its_part_of_the_full_denoiser(kind: str, lighter: dict[str, int]) -> None:
+    """With ``encoder_blocks`` / ``encoder_depth`` the estimator is a subset of the encoder half; it still starts
+    from the same pretrained denoiser (built with the same [backbone] table, which the option leaves as it is)."""
+    torch.manual_seed(0)
+    denoiser = EDMDenoiser(build(kind, "full", **lighter))
+    perturb(denoiser, seed=5)
+    ratio = ClassifierRatio(ClassifierRatio.Config(), backbone=build(kind, "encoder", **lighter))
+    half = build(kind, "encoder", **{k: v for k, v in lighter.items() if not k.startswith("encoder_")})
+    state = denoiser.state_dict()
+    loaded = ratio.init_from_denoiser(state)
+    assert set(loaded) < {f"backbone.{k}" for k in half.state_dict()}  # fewer tensors than the encoder half
+    assert count_parameters(ratio.backbone) < count_parameters(half)
+    for name, tensor in ratio.backbone.state_dict().items():
+        assert torch.equal(tensor, state[f"backbone.{name}"]), name
+
+
 def test_init_from_denoiser_names_mismatched_tensors() -> None:
     denoiser = EDMDenoiser(build("unet", "full", model_channels=16))
     ratio = ClassifierRatio(ClassifierRatio.Config(), backbone=build("unet", "encoder"))
