@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# toy2d: a SiLU hidden layer of 64 in the ratio estimator's head (ratio.head_hidden=64; the widest gain of the
-# classifier parameterisations in results/estimator_bias.md), the recipe otherwise as it is, averaged
+# toy2d: a SiLU hidden layer of 64 in the ratio estimator's head (ratio.head_hidden=64; a small gain in the
+# estimator's accuracy in results/estimator_bias.md), the recipe otherwise as it is, averaged
 # energy-distance metric; DiJS seeds 0-3, two runs at a time on this project's CPU machine (ran 2026-11-28
 # 05:09-05:14 UTC)
 source /work/venv/bin/activate; export OMP_NUM_THREADS=1
