@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 import pytest
 import torch
 import torch.nn.functional as F
@@ -171,6 +172,9 @@ def test_reference_unet_parameter_count() -> None:
     # the 6.95M-parameter reference U-Net of docs/environment.md, within 1%; its ratio encoder was 2.8M
     assert count_parameters(full) == 6_987_585
     assert count_parameters(enc) == 2_808_832
+    # the lighter estimator of docs/scale.md: one residual block per level instead of two
+    lighter = unet.UNetBackbone(attrs.evolve(cfg, encoder_blocks=1), data_shape=(1, 32, 32), mode="encoder")
+    assert count_parameters(lighter) == 1_994_816
     assert enc.feature_dim == 128
     # the defaults are EDM's CIFAR-10 DDPM++ layout, which the EDM paper lists at 55.73M parameters
     with torch.device("meta"):
