@@ -329,7 +329,6 @@ def measure(recipe: str, sets: list[str], method_name: str, *, steps: int, warmu
 
         for _ in range(warmup):
             train_step()
-        flops = count_flops(train_step, method)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
@@ -351,6 +350,9 @@ def measure(recipe: str, sets: list[str], method_name: str, *, steps: int, warmu
                 f"{card}, {wall_us / profile_n / 1e3:.1f} ms per step under the "
                 f"profiler ({step_s * 1e3:.1f} ms without it)\n\n"
                 + kernel_breakdown(kernels, wall_us, sources=sources))
+        # last: a step under the FLOP counter (a dispatch mode) makes torch.compile'd code fall back to eager
+        # for the rest of the process, which once turned the compiled rows into eager ones (docs/results.md)
+        flops = count_flops(train_step, method)
         world = strategy.world_size
         counts = method.parameter_counts()
         row = {

@@ -169,6 +169,68 @@ def test_throughput_row_in_a_child_process_writes_json(tmp_path: Path) -> None:
     assert data["strategy"]["name"] == "single"
 
 
+def test_throughput_counts_flops_after_the_timed_and_profiled_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The FLOP counter's step comes last: under it, torch.compile'd code falls back to eager for the rest of
+    the process (checked below with a counting backend), so a count before the timed steps would time
+    compiled rows as eager ones."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    calls = 0
+
+    def counting_backend(gm: torch.fx.GraphModule, _: Any) -> Any:
+        def run(*args: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            return gm.forward(*args)
+        return run
+
+    class Net(torch.nn.Module):  # user code: dynamo does not trace torch.nn's own modules
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(3, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.silu(self.lin(x))
+
+    net = Net()
+    net.compile(backend=counting_backend)
+    x = torch.randn(2, 3)
+    net(x)
+    with FlopCounterMode(display=False):
+        net(x)
+    before = calls
+    net(x)
+    assert before == 1 and calls == before, "torch now keeps compiled code after a FLOP count: see throughput.py"
+
+    tp = throughput_module()
+    steps_before_count: list[int] = []
+    real_count = tp.count_flops
+
+    def spy(step: Any, method: Any) -> float | None:
+        steps_before_count.append(method.steps_done)
+        return real_count(step, method)
+
+    monkeypatch.setattr(tp, "count_flops", spy)
+    sets_ = [s for s in TINY_BENCH if s != "--set"]
+    original = tp.build_run
+
+    def build_counting(*args: Any, **kwargs: Any) -> Any:
+        run = original(*args, **kwargs)
+        run.method.steps_done = 0
+        step = run.method.train_step
+
+        def counted(i: int) -> Any:
+            run.method.steps_done += 1
+            return step(i)
+
+        run.method.train_step = counted
+        return run
+
+    monkeypatch.setattr(tp, "build_run", build_counting)
+    row = tp.measure(str(RECIPES / "imagenet512.toml"), sets_, "diffratio", steps=2, warmup=1, peak_override=None)
+    assert steps_before_count == [3] and row["flops_per_step"] > 0
+
+
 def test_throughput_maps_the_method_table() -> None:
     tp = throughput_module()
     source = {"name": "diffratio", "init": "runs/x", "ratio_steps": 2, "warmup_ratio_steps": 500, "ema_decay": 0.99,
