@@ -340,6 +340,35 @@ def test_channels_last_bf16_autocast_and_compile(kind: str) -> None:
         torch.testing.assert_close(compiled(x, s, y), ref, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_compile_scope_blocks_compiles_each_repeated_block(kind: str) -> None:
+    """``strategy.compile_scope = "blocks"``: DiT's transformer blocks are compiled one by one (the rest
+    stays eager), a U-Net (no repeated-block list) as one region; "model" compiles the whole network;
+    outputs unchanged (dynamo only: the eager backend)."""
+    from diffratio_builtins.strategies.single import compile_in_place
+
+    def compiled(m: torch.nn.Module) -> bool:
+        return m._compiled_call_impl is not None
+
+    model = build(kind, num_labels=4).eval()
+    perturb(model)
+    x, s, y = inputs(kind, num_labels=4)
+    wrapper = torch.nn.Sequential(model)  # the backbone inside a larger module, as in a denoiser
+    with torch.no_grad():
+        ref = model(x, s, y)
+        compile_in_place(wrapper, "blocks", backend="eager")
+        torch.testing.assert_close(model(x, s, y), ref, atol=1e-5, rtol=1e-5)
+    if kind == "dit":
+        assert all(compiled(b) for b in model.blocks) and not compiled(model) and not compiled(wrapper)
+    else:
+        assert compiled(model) and not compiled(wrapper)
+    whole = torch.nn.Sequential(build(kind, num_labels=4))
+    compile_in_place(whole, "model", backend="eager")
+    assert compiled(whole) and not compiled(whole[0])
+    with pytest.raises(DiffRatioError, match="compile scope must be 'model' or 'blocks'"):
+        compile_in_place(whole, "layers")
+
+
 def test_mlp_input_fourier_features() -> None:
     """``input_features`` adds sin/cos of fixed random projections of the input: off (the default) leaves the
     model as it was (same parameters, nothing more saved, same initial weights for a seed); on, the

@@ -334,6 +334,32 @@ def test_deepspeed_bf16_weights_engine_has_fp32_master_weights_and_fp32_interfac
         strategy.close()
 
 
+@pytest.mark.parametrize("precision", ["bf16", "bf16-weights"])
+def test_deepspeed_prepare_frozen_matches_the_engines_precision(deepspeed_installed: None, precision: str) -> None:
+    """A frozen network (VSD's teacher) under ``bf16-weights`` is held in bf16 like the engines' models, with
+    the same fp32 interface; under autocast (``bf16``) it keeps fp32 weights. No gradients to its weights,
+    but to its inputs."""
+    from diffratio_builtins.strategies.deepspeed import DeepSpeed
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.SiLU(), torch.nn.Linear(8, 2))
+    x = torch.randn(4, 3, requires_grad=True)
+    ref = net(x).detach()
+    strategy = DeepSpeed(DeepSpeed.Config(device="cpu", zero_stage=2, precision=precision))
+    try:
+        frozen = strategy.prepare_frozen(net)
+        want = torch.bfloat16 if precision == "bf16-weights" else torch.float32
+        assert {p.dtype for p in frozen.parameters()} == {want}
+        assert not frozen.training and not any(p.requires_grad for p in frozen.parameters())
+        y = frozen(x)
+        assert y.dtype == torch.float32
+        torch.testing.assert_close(y, ref, atol=0.05, rtol=0.05)
+        y.sum().backward()
+        assert x.grad is not None and x.grad.dtype == torch.float32
+    finally:
+        strategy.close()
+
+
 def test_bf16_weights_engine_config() -> None:
     """``bf16-weights`` turns on DeepSpeed's bf16 mode without torch autocast; ``bf16`` is autocast only."""
     from diffratio import OptimizerConfig
@@ -479,6 +505,9 @@ GPU_CASES = {
     "deepspeed-zero3": ["strategy.name=deepspeed", "strategy.device='cuda'", "strategy.zero_stage=3"],
     "deepspeed-zero2-compile": ["strategy.name=deepspeed", "strategy.device='cuda'", "strategy.zero_stage=2",
                                 "strategy.compile=true"],
+    "deepspeed-zero2-bf16-weights-compile-blocks": ["strategy.name=deepspeed", "strategy.device='cuda'",
+                                                    "strategy.zero_stage=2", "strategy.precision='bf16-weights'",
+                                                    "strategy.compile=true", "strategy.compile_scope='blocks'"],
 }
 two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
 

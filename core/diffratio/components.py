@@ -77,6 +77,13 @@ class Backbone(Component, nn.Module, ABC):
         """Width of the pooled features in ``encoder`` mode."""
         raise NotImplementedError(f"{type(self).__name__} has no encoder mode")
 
+    def compile_regions(self) -> list[nn.Module]:
+        """The parts that ``strategy.compile_scope = "blocks"`` compiles one by one. A backbone made of
+        repeated blocks returns them: dynamo compiles the block's code once and reuses it for every block
+        of the same shape, which takes a fraction of a whole-network compilation. Default: the whole
+        backbone (one region)."""
+        return [self]
+
     @abstractmethod
     def forward(self, x: Tensor, noise_labels: Tensor, class_labels: Tensor | None = None) -> Tensor:
         """``x``: (B, *data_shape); ``noise_labels``: (B,) = c_noise(sigma); ``class_labels``: (B,) ints."""
@@ -382,6 +389,12 @@ class Strategy(Component, ABC):
     @abstractmethod
     def prepare(self, name: str, module: nn.Module, optim: OptimizerConfig) -> Trainable:
         """Move ``module`` to the device and pair it with its optimiser."""
+
+    def prepare_frozen(self, module: nn.Module) -> nn.Module:
+        """Place a model that is never trained (VSD's teacher): on the device, in eval mode, without
+        gradients. Strategies that compile the trained models or hold their weights in bf16 do the same
+        to it, so that a frozen network runs like the trained ones beside it (a fair baseline)."""
+        return module.to(self.device).eval().requires_grad_(False)
 
     def barrier(self) -> None:
         """Wait for all ranks (no-op on one process)."""

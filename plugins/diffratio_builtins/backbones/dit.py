@@ -197,6 +197,10 @@ class DiTBackbone(Backbone):
     def feature_dim(self) -> int:
         return self.hidden
 
+    def compile_regions(self) -> list[nn.Module]:
+        """The transformer blocks: identical in shape, so one compilation serves all of them."""
+        return list(self.blocks)
+
     def embed(self, noise_labels: Tensor, class_labels: Tensor | None) -> Tensor:
         """The (B, hidden) conditioning vector ``c`` from noise labels and class labels."""
         cond = self.noise_mlp(self.map_noise(noise_labels))

@@ -78,7 +78,7 @@ class VSD(Method):
             load_denoiser_weights(config.init, teacher, "teacher")
             generator.denoiser.load_state_dict(teacher.state_dict())
         fake = copy.deepcopy(teacher)
-        self.teacher = teacher.to(ctx.device).eval().requires_grad_(False)
+        self.teacher = ctx.strategy.prepare_frozen(teacher)  # compiled or in bf16 like the trained models
         self.schedule = ctx.build_schedule()
         self.gen = ctx.strategy.prepare("generator", generator, config.generator_optimizer)
         self.fake = ctx.strategy.prepare("fake", fake, config.fake_optimizer)
@@ -109,7 +109,7 @@ class VSD(Method):
         with ctx.strategy.autocast():
             x = self.gen.module(ctx.latents(self.gen.raw, n), labels)
             x_sigma = self.schedule.noise(x.float(), sigma)
-            diff = score_difference(self.fake.raw, self.teacher, x_sigma.detach(), sigma, labels)
+            diff = score_difference(self.fake.forward_only, self.teacher, x_sigma.detach(), sigma, labels)
         weight = self.schedule.generator_weight(sigma)
         loss = vsd_generator_loss(x_sigma, diff, weight)
         self.gen.backward(loss)

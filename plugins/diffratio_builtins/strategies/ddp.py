@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from diffratio import DiffRatioError, OptimizerConfig, Strategy, Trainable
-from diffratio_builtins.strategies.single import LocalTrainable
+from diffratio_builtins.strategies.single import CompileScope, LocalTrainable, compile_if_asked
 
 _positive = attrs.validators.gt(0)
 
@@ -152,9 +152,9 @@ class DDPTrainable(LocalTrainable):
     without waiting) so that every rank skips the same steps and the replicas stay identical.
     """
 
-    def __init__(self, module: nn.Module, optim: OptimizerConfig, ddp: nn.Module, forward_only: nn.Module) -> None:
+    def __init__(self, module: nn.Module, optim: OptimizerConfig, ddp: nn.Module) -> None:
         super().__init__(module, optim, wrapped=ddp)
-        self._forward_only = forward_only
+        self._forward_only = module  # frozen passes skip DDP's gradient synchronisation
 
     def agree(self, ok: Tensor) -> Tensor:
         bad = (~ok).to(torch.float32)
@@ -173,7 +173,8 @@ class DDP(ProcessGroupStrategy):
         tf32: bool = True  # allow TF32 matrix products on Ampere+ GPUs
         channels_last: bool = False  # memory format of 4-D image networks on GPU
         threads: int = 0  # CPU threads for torch per process (0 = torch's default)
-        compile: bool = False  # torch.compile the trained networks on GPU (ignored on CPU); first steps slower
+        compile: bool = False  # torch.compile the networks on GPU (ignored on CPU); first steps slower
+        compile_scope: CompileScope = "model"  # model: whole networks; blocks: each repeated block (faster to compile)
         find_unused_parameters: bool = False  # for networks with parameters that some steps do not use
         timeout_minutes: float = attrs.field(default=30.0, validator=_positive)
         # ^ how long a rank waits for the others in a collective (rank 0 evaluates while they wait)
@@ -184,7 +185,12 @@ class DDP(ProcessGroupStrategy):
         module = module.to(self._device)
         if self.config.channels_last and self._device.type == "cuda":
             module = module.to(memory_format=torch.channels_last)
-        inner = torch.compile(module) if self.config.compile and self._device.type == "cuda" else module
-        ddp = DistributedDataParallel(inner, device_ids=[self._device.index] if self._device.type == "cuda" else None,
+        compile_if_asked(module, self.config, self._device)
+        ddp = DistributedDataParallel(module, device_ids=[self._device.index] if self._device.type == "cuda" else None,
                                       find_unused_parameters=self.config.find_unused_parameters)
-        return DDPTrainable(module, optim, ddp, forward_only=inner)
+        return DDPTrainable(module, optim, ddp)
+
+    def prepare_frozen(self, module: nn.Module) -> nn.Module:
+        module = super().prepare_frozen(module)
+        compile_if_asked(module, self.config, self._device)
+        return module

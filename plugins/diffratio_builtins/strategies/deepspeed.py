@@ -34,6 +34,7 @@ from diffratio import (
     full_parameters,
 )
 from diffratio_builtins.strategies.ddp import ProcessGroupStrategy, launcher_env, pick_device
+from diffratio_builtins.strategies.single import CompileScope, compile_if_asked, compile_in_place
 
 #: DeepSpeed's tag (sub-folder) of each model's checkpoint inside a diffratio checkpoint folder
 TAG = "ds"
@@ -224,8 +225,9 @@ class DeepSpeed(ProcessGroupStrategy):
         timeout_minutes: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
         # ^ how long a rank waits for the others in a collective (rank 0 evaluates while they wait)
         # torch.compile each model in place on GPU (DeepSpeed's engine.compile; ignored on CPU); parameter names
-        # and checkpoints are unchanged; gained nothing on the ImageNet-512 step (docs/scale.md)
+        # and checkpoints are unchanged; measured on the ImageNet-512 step in docs/scale.md
         compile: bool = False
+        compile_scope: CompileScope = "model"  # model: whole networks; blocks: each repeated block (faster to compile)
         # DeepSpeed config merged into every engine's, table by table, over what the strategy sets, for
         # experiments (DeepSpeed checks the keys); e.g. {bf16 = {check_grad_overflow = false}} drops the
         # per-gradient overflow check of bf16-weights and with it the skipping of non-finite steps (docs/scale.md)
@@ -254,10 +256,24 @@ class DeepSpeed(ProcessGroupStrategy):
         if self.config.precision == "bf16-weights":
             hold_bf16_weights(engine.module)
         if self.config.compile and self._device.type == "cuda":
-            engine.compile()  # nn.Module.compile in place: the engine and forward-only passes both use it
+            if self.config.compile_scope == "model":
+                engine.compile()  # nn.Module.compile in place: the engine and forward-only passes both use it
+            else:
+                compile_in_place(engine.module, self.config.compile_scope)
         trainable = DeepSpeedTrainable(name, engine, self._device, optim)
         self._trainables[name] = trainable
         return trainable
+
+    def prepare_frozen(self, module: nn.Module) -> nn.Module:
+        """Also in bf16 (with the casting hooks of the engines' models) under ``bf16-weights``, and compiled
+        like the trained models."""
+        module = super().prepare_frozen(module)
+        if self.config.precision == "bf16-weights":
+            for p in module.parameters():
+                p.data = p.data.to(torch.bfloat16)
+            hold_bf16_weights(module)
+        compile_if_asked(module, self.config, self._device)
+        return module
 
     def close(self) -> None:
         """Wait for every rank; the process group stays (DeepSpeed keeps its groups for the process's life,

@@ -11,7 +11,10 @@ import attrs
 import torch
 from torch import Tensor, nn
 
-from diffratio import DiffRatioError, OptimizerConfig, Strategy, Trainable
+from diffratio import Backbone, DiffRatioError, OptimizerConfig, Strategy, Trainable
+
+#: what ``strategy.compile`` compiles: the whole network, or each backbone's repeated blocks on their own
+CompileScope = Literal["model", "blocks"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -33,6 +36,25 @@ def make_optimizer(params: Any, cfg: OptimizerConfig) -> torch.optim.Optimizer:
     kw: dict[str, Any] = {"lr": cfg.lr, "betas": cfg.betas, "eps": cfg.eps, "weight_decay": cfg.weight_decay}
     cls = torch.optim.AdamW if cfg.weight_decay > 0 else torch.optim.Adam
     return cls(params, fused=True, **kw)
+
+
+def compile_in_place(module: nn.Module, scope: str, **options: Any) -> None:
+    """``torch.compile`` ``module`` in place (``nn.Module.compile``: parameter names, state dicts and hooks
+    stay as they are). ``model``: the whole network, one graph per way it is called. ``blocks``: each
+    backbone's ``compile_regions()`` on its own (DiT: its transformer blocks, compiled once for all of
+    them), the glue around them eager; the whole module when it holds no backbone. ``options`` go to
+    ``torch.compile`` (e.g. ``backend``)."""
+    if scope not in ("model", "blocks"):
+        raise DiffRatioError(f"compile scope must be 'model' or 'blocks', not {scope!r}")
+    regions = [r for m in module.modules() if isinstance(m, Backbone) for r in m.compile_regions()]
+    for region in regions if scope == "blocks" and regions else [module]:
+        region.compile(**options)
+
+
+def compile_if_asked(module: nn.Module, config: Any, device: torch.device) -> None:
+    """``compile_in_place`` when the strategy's ``config.compile`` is on and the device is a GPU."""
+    if config.compile and device.type == "cuda":
+        compile_in_place(module, config.compile_scope)
 
 
 class LocalTrainable(Trainable):
@@ -103,7 +125,8 @@ class SingleDevice(Strategy):
         tf32: bool = True  # allow TF32 matrix products on Ampere+ GPUs
         channels_last: bool = False  # memory format of 4-D image networks on GPU
         threads: int = 0  # CPU threads for torch (0 = torch's default)
-        compile: bool = False  # torch.compile the trained networks on GPU (ignored on CPU); first steps slower
+        compile: bool = False  # torch.compile the networks on GPU (ignored on CPU); first steps slower
+        compile_scope: CompileScope = "model"  # model: whole networks; blocks: each repeated block (faster to compile)
 
     def __init__(self, config: Config | None = None) -> None:
         super().__init__(config)
@@ -128,8 +151,13 @@ class SingleDevice(Strategy):
         module = module.to(self._device)
         if self.config.channels_last and self._device.type == "cuda":
             module = module.to(memory_format=torch.channels_last)
-        wrapped = torch.compile(module) if self.config.compile and self._device.type == "cuda" else None
-        return LocalTrainable(module, optim, wrapped)
+        compile_if_asked(module, self.config, self._device)
+        return LocalTrainable(module, optim)
+
+    def prepare_frozen(self, module: nn.Module) -> nn.Module:
+        module = super().prepare_frozen(module)
+        compile_if_asked(module, self.config, self._device)
+        return module
 
     def autocast(self) -> Any:
         if self.config.precision == "bf16":
