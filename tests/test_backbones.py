@@ -369,6 +369,22 @@ def test_compile_scope_blocks_compiles_each_repeated_block(kind: str) -> None:
         compile_in_place(whole, "layers")
 
 
+def test_strategies_compile_only_on_gpus_and_by_scope() -> None:
+    """``compiled`` (what the strategies run): nothing on CPU or with compile off; ``model`` wraps the whole
+    network in ``torch.compile`` (the module itself untouched); ``blocks`` compiles DiT's blocks in place and
+    returns the module. Compilation is lazy, so no GPU is needed to check which is which."""
+    from diffratio_builtins.strategies.single import SingleDevice, compiled
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    model = build("dit")
+    assert compiled(model, SingleDevice.Config(compile=True), cpu) is model
+    assert compiled(model, SingleDevice.Config(compile=False), cuda) is model
+    whole = compiled(model, SingleDevice.Config(compile=True, compile_scope="model"), cuda)
+    assert whole is not model and whole._orig_mod is model and model.blocks[0]._compiled_call_impl is None
+    assert compiled(model, SingleDevice.Config(compile=True, compile_scope="blocks"), cuda) is model
+    assert all(b._compiled_call_impl is not None for b in model.blocks)
+
+
 def test_mlp_input_fourier_features() -> None:
     """``input_features`` adds sin/cos of fixed random projections of the input: off (the default) leaves the
     model as it was (same parameters, nothing more saved, same initial weights for a seed); on, the

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from diffratio import DiffRatioError, OptimizerConfig, Strategy, Trainable
-from diffratio_builtins.strategies.single import CompileScope, LocalTrainable, compile_if_asked
+from diffratio_builtins.strategies.single import CompileScope, LocalTrainable, compiled
 
 _positive = attrs.validators.gt(0)
 
@@ -152,9 +152,9 @@ class DDPTrainable(LocalTrainable):
     without waiting) so that every rank skips the same steps and the replicas stay identical.
     """
 
-    def __init__(self, module: nn.Module, optim: OptimizerConfig, ddp: nn.Module) -> None:
+    def __init__(self, module: nn.Module, optim: OptimizerConfig, ddp: nn.Module, forward_only: nn.Module) -> None:
         super().__init__(module, optim, wrapped=ddp)
-        self._forward_only = module  # frozen passes skip DDP's gradient synchronisation
+        self._forward_only = forward_only
 
     def agree(self, ok: Tensor) -> Tensor:
         bad = (~ok).to(torch.float32)
@@ -185,12 +185,10 @@ class DDP(ProcessGroupStrategy):
         module = module.to(self._device)
         if self.config.channels_last and self._device.type == "cuda":
             module = module.to(memory_format=torch.channels_last)
-        compile_if_asked(module, self.config, self._device)
-        ddp = DistributedDataParallel(module, device_ids=[self._device.index] if self._device.type == "cuda" else None,
+        inner = compiled(module, self.config, self._device)
+        ddp = DistributedDataParallel(inner, device_ids=[self._device.index] if self._device.type == "cuda" else None,
                                       find_unused_parameters=self.config.find_unused_parameters)
-        return DDPTrainable(module, optim, ddp)
+        return DDPTrainable(module, optim, ddp, forward_only=inner)
 
     def prepare_frozen(self, module: nn.Module) -> nn.Module:
-        module = super().prepare_frozen(module)
-        compile_if_asked(module, self.config, self._device)
-        return module
+        return compiled(super().prepare_frozen(module), self.config, self._device)

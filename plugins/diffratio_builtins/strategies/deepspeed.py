@@ -34,7 +34,7 @@ from diffratio import (
     full_parameters,
 )
 from diffratio_builtins.strategies.ddp import ProcessGroupStrategy, launcher_env, pick_device
-from diffratio_builtins.strategies.single import CompileScope, compile_if_asked, compile_in_place
+from diffratio_builtins.strategies.single import CompileScope, compile_in_place, compiled
 
 #: DeepSpeed's tag (sub-folder) of each model's checkpoint inside a diffratio checkpoint folder
 TAG = "ds"
@@ -272,8 +272,7 @@ class DeepSpeed(ProcessGroupStrategy):
             for p in module.parameters():
                 p.data = p.data.to(torch.bfloat16)
             hold_bf16_weights(module)
-        compile_if_asked(module, self.config, self._device)
-        return module
+        return compiled(module, self.config, self._device)
 
     def close(self) -> None:
         """Wait for every rank; the process group stays (DeepSpeed keeps its groups for the process's life,

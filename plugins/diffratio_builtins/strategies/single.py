@@ -51,10 +51,16 @@ def compile_in_place(module: nn.Module, scope: str, **options: Any) -> None:
         region.compile(**options)
 
 
-def compile_if_asked(module: nn.Module, config: Any, device: torch.device) -> None:
-    """``compile_in_place`` when the strategy's ``config.compile`` is on and the device is a GPU."""
-    if config.compile and device.type == "cuda":
-        compile_in_place(module, config.compile_scope)
+def compiled(module: nn.Module, config: Any, device: torch.device) -> nn.Module:
+    """The module to run under a strategy's ``config.compile`` / ``compile_scope`` (GPUs only): ``module``
+    itself (not compiled, or its blocks compiled in place), or a ``torch.compile`` wrapper of the whole of it
+    (scope ``model``; parameter names of ``module`` are untouched either way)."""
+    if not (config.compile and device.type == "cuda"):
+        return module
+    if config.compile_scope == "model":
+        return torch.compile(module)
+    compile_in_place(module, config.compile_scope)
+    return module
 
 
 class LocalTrainable(Trainable):
@@ -151,13 +157,11 @@ class SingleDevice(Strategy):
         module = module.to(self._device)
         if self.config.channels_last and self._device.type == "cuda":
             module = module.to(memory_format=torch.channels_last)
-        compile_if_asked(module, self.config, self._device)
-        return LocalTrainable(module, optim)
+        wrapped = compiled(module, self.config, self._device)
+        return LocalTrainable(module, optim, wrapped if wrapped is not module else None)
 
     def prepare_frozen(self, module: nn.Module) -> nn.Module:
-        module = super().prepare_frozen(module)
-        compile_if_asked(module, self.config, self._device)
-        return module
+        return compiled(super().prepare_frozen(module), self.config, self._device)
 
     def autocast(self) -> Any:
         if self.config.precision == "bf16":
