@@ -169,7 +169,8 @@ def test_throughput_row_in_a_child_process_writes_json(tmp_path: Path) -> None:
     assert data["strategy"]["name"] == "single"
 
 
-def test_throughput_counts_flops_after_the_timed_and_profiled_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_throughput_counts_flops_after_the_timed_and_profiled_steps(monkeypatch: pytest.MonkeyPatch,
+                                                                    tmp_path: Path) -> None:
     """The FLOP counter's step comes last: under it, torch.compile'd code falls back to eager for the rest of
     the process (checked below with a counting backend), so a count before the timed steps would time
     compiled rows as eager ones."""
@@ -227,8 +228,10 @@ def test_throughput_counts_flops_after_the_timed_and_profiled_steps(monkeypatch:
         return run
 
     monkeypatch.setattr(tp, "build_run", build_counting)
-    row = tp.measure(str(RECIPES / "imagenet512.toml"), sets_, "diffratio", steps=2, warmup=1, peak_override=None)
-    assert steps_before_count == [3] and row["flops_per_step"] > 0
+    row = tp.measure(str(RECIPES / "imagenet512.toml"), sets_, "diffratio", steps=2, warmup=1, peak_override=None,
+                     profile_out=tmp_path / "profile.md", profile_n=1)
+    # 1 warm-up + 2 timed + 1 profiled step before the count
+    assert steps_before_count == [4] and row["flops_per_step"] > 0 and (tmp_path / "profile.md").exists()
 
 
 def test_throughput_maps_the_method_table() -> None:

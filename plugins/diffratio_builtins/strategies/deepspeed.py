@@ -34,7 +34,7 @@ from diffratio import (
     full_parameters,
 )
 from diffratio_builtins.strategies.ddp import ProcessGroupStrategy, launcher_env, pick_device
-from diffratio_builtins.strategies.single import CompileScope, compile_in_place, compiled
+from diffratio_builtins.strategies.single import CompileScope, compile_blocks, compiled
 
 #: DeepSpeed's tag (sub-folder) of each model's checkpoint inside a diffratio checkpoint folder
 TAG = "ds"
@@ -259,7 +259,7 @@ class DeepSpeed(ProcessGroupStrategy):
             if self.config.compile_scope == "model":
                 engine.compile()  # nn.Module.compile in place: the engine and forward-only passes both use it
             else:
-                compile_in_place(engine.module, self.config.compile_scope)
+                compile_blocks(engine.module)
         trainable = DeepSpeedTrainable(name, engine, self._device, optim)
         self._trainables[name] = trainable
         return trainable

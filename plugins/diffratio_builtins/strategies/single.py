@@ -38,16 +38,13 @@ def make_optimizer(params: Any, cfg: OptimizerConfig) -> torch.optim.Optimizer:
     return cls(params, fused=True, **kw)
 
 
-def compile_in_place(module: nn.Module, scope: str, **options: Any) -> None:
-    """``torch.compile`` ``module`` in place (``nn.Module.compile``: parameter names, state dicts and hooks
-    stay as they are). ``model``: the whole network, one graph per way it is called. ``blocks``: each
-    backbone's ``compile_regions()`` on its own (DiT: its transformer blocks, compiled once for all of
-    them), the glue around them eager; the whole module when it holds no backbone. ``options`` go to
-    ``torch.compile`` (e.g. ``backend``)."""
-    if scope not in ("model", "blocks"):
-        raise DiffRatioError(f"compile scope must be 'model' or 'blocks', not {scope!r}")
+def compile_blocks(module: nn.Module, **options: Any) -> None:
+    """``torch.compile`` in place (``nn.Module.compile``: parameter names, state dicts and hooks stay as they
+    are) each backbone's ``compile_regions()`` inside ``module`` (DiT: its transformer blocks, compiled once
+    for all of them), the glue around them left eager; ``module`` as a whole when it holds no backbone.
+    ``options`` go to ``torch.compile`` (e.g. ``backend``)."""
     regions = [r for m in module.modules() if isinstance(m, Backbone) for r in m.compile_regions()]
-    for region in regions if scope == "blocks" and regions else [module]:
+    for region in regions or [module]:
         region.compile(**options)
 
 
@@ -59,7 +56,7 @@ def compiled(module: nn.Module, config: Any, device: torch.device) -> nn.Module:
         return module
     if config.compile_scope == "model":
         return torch.compile(module)
-    compile_in_place(module, config.compile_scope)
+    compile_blocks(module)
     return module
 
 
