@@ -405,3 +405,82 @@ def test_mlp_input_fourier_features() -> None:
     other = make(input_features=8, input_scale=0.5)
     other.load_state_dict(on.state_dict())  # the frequencies travel with the weights
     assert torch.equal(other.input_freqs, on.input_freqs)
+
+
+def saved_bytes(fn: Any) -> int:
+    """Bytes of the tensors autograd keeps for the backward pass while ``fn()`` runs its forward."""
+    total = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return total
+
+
+@pytest.mark.parametrize("mode", ["full", "encoder"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_activation_checkpointing_keeps_less_and_changes_nothing(kind: str, mode: str) -> None:
+    """``activation_checkpointing``: the same outputs and gradients (parameters and input: the generator step
+    differentiates the ratio estimator by its input), with dropout drawing the same masks in the recompute,
+    while the forward pass keeps a fraction of the activations; without gradients the blocks just run."""
+    extra = {"dropout": 0.3} if kind == "unet" else {}
+    plain = build(kind, mode, num_labels=4, **extra)
+    perturb(plain)
+    ckpt = build(kind, mode, num_labels=4, activation_checkpointing=True, **extra)
+    ckpt.load_state_dict(plain.state_dict())
+    x, s, y = inputs(kind, batch=4, num_labels=4)
+    grads = []
+    for model in (plain, ckpt):
+        torch.manual_seed(7)  # the same dropout masks (U-Net) and label dropout draws in both passes
+        xi = x.clone().requires_grad_(True)
+        out = model(xi, s, y)
+        out.square().sum().backward()
+        grads.append((out.detach(), xi.grad, {n: p.grad for n, p in model.named_parameters()}))
+    (out0, gx0, gp0), (out1, gx1, gp1) = grads
+    torch.testing.assert_close(out1, out0, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(gx1, gx0, atol=1e-6, rtol=1e-5)
+    for name, g in gp0.items():
+        torch.testing.assert_close(gp1[name], g, atol=1e-6, rtol=1e-5, msg=name)
+    plain.eval(), ckpt.eval()
+    xi = x.clone().requires_grad_(True)
+    kept, kept_ckpt = (saved_bytes(lambda m=m: m(xi, s, y)) for m in (plain, ckpt))
+    assert kept_ckpt < 0.6 * kept, (kept_ckpt, kept)
+    with torch.no_grad():  # samplers and VSD's frozen scores: no checkpoint machinery
+        torch.testing.assert_close(ckpt(x, s, y), plain(x, s, y))
+
+
+def test_activation_checkpointing_runs_compiled_blocks() -> None:
+    """With ``strategy.compile_scope = "blocks"`` the checkpointed blocks are the compiled ones (dynamo only:
+    the eager backend), through what a DiffRatio run does to them: batch sizes that change between the ratio
+    step (2n) and the generator step (n), and passes with the parameters frozen (gradient by the input only).
+    The recompute must pick the graph the forward pass ran, or torch raises a CheckpointError; gradients
+    unchanged."""
+    from diffratio_builtins.strategies.single import compile_blocks
+
+    plain = build("dit", num_labels=4)
+    perturb(plain)
+    ckpt = build("dit", num_labels=4, activation_checkpointing=True)
+    ckpt.load_state_dict(plain.state_dict())
+    compile_blocks(ckpt, backend="eager")
+    for batch, freeze in ((8, False), (4, True), (8, False), (6, False), (4, True)):
+        x, s, y = inputs("dit", batch=batch, num_labels=4)
+        grads = []
+        for model in (plain, ckpt):
+            model.zero_grad()
+            model.requires_grad_(not freeze)
+            xi = x.clone().requires_grad_(True)
+            model(xi, s, y).square().sum().backward()
+            grads.append([xi.grad] + [p.grad for p in model.parameters()])
+            model.requires_grad_(True)
+        (gx0, *gp0), (gx1, *gp1) = grads
+        torch.testing.assert_close(gx1, gx0, atol=1e-5, rtol=1e-4)
+        for g0, g1 in zip(gp0, gp1, strict=True):
+            if freeze:
+                assert g0 is None and g1 is None
+            else:
+                torch.testing.assert_close(g1, g0, atol=1e-5, rtol=1e-4)
+    assert all(b._compiled_call_impl is not None for b in ckpt.blocks)

@@ -83,3 +83,22 @@ def test_vsd_recipe_trains_from_the_same_pretraining(pretrained: Path, tmp_path:
                   "--no-progress", *sets(*TINY_IMAGES, f"method.init='{pretrained}'", "method.warmup_fake_steps=1"))
     assert res.returncode == 0, res.stderr
     assert "parameters: generator" in res.stdout and "fake_score" in res.stdout
+
+
+def test_activation_checkpointing_trains_to_the_same_parameters(pretrained: Path, tmp_path: Path) -> None:
+    """DiffRatio with ``backbone.activation_checkpointing`` (generator, and the ratio estimator that the
+    generator step differentiates by its input) ends where the run without it ends."""
+    from diffratio.checkpoint import find_latest, load_state
+
+    states = []
+    for flag in ("false", "true"):
+        run_dir = tmp_path / f"ckpt-{flag}"
+        res = run_cli("dr-train", str(RECIPES / "fashion-mnist.toml"), "--run-dir", str(run_dir), "--no-progress",
+                      *sets(*TINY_IMAGES, f"method.init='{pretrained}'", "method.warmup_ratio_steps=1",
+                            f"backbone.activation_checkpointing={flag}"))
+        assert res.returncode == 0, res.stderr
+        states.append(load_state(find_latest(run_dir / "checkpoints"))["method"])
+    plain, ckpt = states
+    for part in ("generator", "ratio"):
+        for name, value in plain[part].items():
+            torch.testing.assert_close(ckpt[part][name], value, atol=1e-6, rtol=1e-5, msg=f"{part}.{name}")

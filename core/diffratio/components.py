@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import attrs
 import torch
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from diffratio.errors import DiffRatioError
@@ -61,6 +62,9 @@ class Backbone(Component, nn.Module, ABC):
 
     #: attention implementations this backbone can use (see ``diffratio.attention``)
     attention_backends: ClassVar[tuple[str, ...]] = ()
+    #: run each repeated block under activation checkpointing (see ``run_block``); a backbone with an
+    #: ``activation_checkpointing`` config field sets it from there
+    checkpoint_blocks: bool = False
 
     def __init__(self, config: Any, *, data_shape: tuple[int, ...], num_labels: int = 0,
                  mode: str = "full") -> None:
@@ -87,6 +91,15 @@ class Backbone(Component, nn.Module, ABC):
     @abstractmethod
     def forward(self, x: Tensor, noise_labels: Tensor, class_labels: Tensor | None = None) -> Tensor:
         """``x``: (B, *data_shape); ``noise_labels``: (B,) = c_noise(sigma); ``class_labels``: (B,) ints."""
+
+    def run_block(self, block: nn.Module, *args: Tensor) -> Tensor:
+        """``block(*args)``, under activation checkpointing when ``checkpoint_blocks`` is set and autograd
+        records: the block's inner activations are then not kept for the backward pass but recomputed by
+        it (about one more forward pass of the blocks, for the memory of everything inside them; dropout
+        draws the same masks again). Without gradients (samplers, VSD's frozen scores) the block just runs."""
+        if self.checkpoint_blocks and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
+        return block(*args)
 
     def embed_labels(self, table: nn.Embedding | None, class_labels: Tensor | None,
                      dropout: float = 0.0) -> Tensor | None:

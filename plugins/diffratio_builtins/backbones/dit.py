@@ -135,11 +135,15 @@ class DiTBackbone(Backbone):
         label_dropout: float = attrs.field(default=0.0, validator=[attrs.validators.ge(0), attrs.validators.le(1)])
         # ^ probability of dropping the class embedding in training (classifier-free guidance); off by default
         attention: Literal["sdpa", "math", "xformers"] = "sdpa"  # attention backend (diffratio.attention)
+        activation_checkpointing: bool = False
+        # ^ recompute each block's activations in the backward pass instead of keeping them: less memory
+        #   (larger batches per GPU), about a third more compute; the results are unchanged (docs/scale.md)
 
     def __init__(self, config: Config, *, data_shape: tuple[int, ...], num_labels: int = 0,
                  mode: str = "full") -> None:
         super().__init__(config, data_shape=data_shape, num_labels=num_labels, mode=mode)
         c = config
+        self.checkpoint_blocks = c.activation_checkpointing
         depth, hidden, heads = (v if v is not None else p
                                 for v, p in zip((c.depth, c.hidden, c.heads), PRESETS[c.size], strict=True))
         self._check(c, self.data_shape, depth, hidden, heads, mode)
@@ -218,7 +222,7 @@ class DiTBackbone(Backbone):
         # linear layer of the blocks on a channel-major layout (copies, slow element-wise kernels; results.md s. 5)
         h = self.patch_embed(x).flatten(2).transpose(1, 2).contiguous() + pos
         for blk in self.blocks:
-            h = blk(h, cond)
+            h = self.run_block(blk, h, cond)
         if self.mode == "encoder":
             return F.layer_norm(h, (self.hidden,), eps=1e-6).mean(dim=1)
         out = self.final(h, cond)  # (B, N, p * p * C)

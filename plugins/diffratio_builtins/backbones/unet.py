@@ -170,6 +170,9 @@ class UNetBackbone(Backbone):
         num_heads: int = attrs.field(default=1, validator=_pos)  # attention heads (DDPM++: 1)
         head_channels: int = attrs.field(default=0, validator=attrs.validators.ge(0))  # >0: heads = C / this
         attention: Literal["sdpa", "math", "xformers"] = "sdpa"  # attention backend (diffratio.attention)
+        activation_checkpointing: bool = False
+        # ^ recompute each residual block's activations in the backward pass instead of keeping them: less
+        #   memory, about a third more compute; the results are unchanged (docs/scale.md)
 
         @channel_mult.validator
         def _check_mult(self, _attr: attrs.Attribute, value: tuple[int, ...]) -> None:
@@ -180,6 +183,7 @@ class UNetBackbone(Backbone):
                  mode: str = "full") -> None:
         super().__init__(config, data_shape=data_shape, num_labels=num_labels, mode=mode)
         c = config
+        self.checkpoint_blocks = c.activation_checkpointing
         res_list = self._check_shapes(c, self.data_shape)
         check_backend(c.attention)
         cin = self.data_shape[0]
@@ -289,14 +293,14 @@ class UNetBackbone(Backbone):
         h = self.conv_in(x)
         skips = [h]
         for blk in self.enc.values():
-            h = blk(h, emb)
+            h = self.run_block(blk, h, emb)
             skips.append(h)
         for blk in self.mid:
-            h = blk(h, emb)
+            h = self.run_block(blk, h, emb)
         if self.mode == "encoder":
             return h.mean(dim=(2, 3))
         for blk, concat in zip(self.dec.values(), self._dec_concat, strict=True):
             if concat:
                 h = torch.cat([h, skips.pop().to(h.dtype)], dim=1)
-            h = blk(h, emb)
+            h = self.run_block(blk, h, emb)
         return self.out_conv(F.silu(self.out_norm(h)))

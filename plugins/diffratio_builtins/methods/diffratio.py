@@ -87,12 +87,14 @@ class DiffRatio(Method):
         ctx, n = self.ctx, self.ctx.settings.batch_size
         labels = ctx.random_labels(n)
         sigma = self.schedule.sample(n, ctx.device)
-        with ctx.strategy.autocast():
-            x = self.gen.module(ctx.latents(self.gen.raw, n), labels)
-            with frozen(self.ratio.raw):
+        # the estimator stays frozen through the backward pass too, where activation checkpointing
+        # (backbone.activation_checkpointing) recomputes its blocks exactly as they ran forward
+        with frozen(self.ratio.raw):
+            with ctx.strategy.autocast():
+                x = self.gen.module(ctx.latents(self.gen.raw, n), labels)
                 f = self.ratio.forward_only(self.schedule.noise(x.float(), sigma), sigma, labels)
-        loss = generator_loss(f, self.divergence, self.schedule.generator_weight(sigma))
-        self.gen.backward(loss)
+            loss = generator_loss(f, self.divergence, self.schedule.generator_weight(sigma))
+            self.gen.backward(loss)
         out = self.gen.step()
         if self.gen.last_step_ok:  # false when the update was skipped (non-finite loss or gradients)
             update_ema(self.ema, self.gen.raw, self.config.ema_decay, step, self.config.ema_warmup)
