@@ -179,6 +179,11 @@ def sdpa_attention(method: Any) -> Any:
             m.attn_backend = backend
 
 
+def peak_memory_gib(device: torch.device) -> float | None:
+    """Peak GPU memory allocated since the last reset of the statistics, in GiB (None on CPU)."""
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+
+
 def count_flops(step: Callable[[], Any], method: Any) -> float | None:
     """FLOPs of one call of ``step`` (forward and backward, as executed), or None when they cannot be counted."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -339,6 +344,9 @@ def measure(recipe: str, sets: list[str], method_name: str, *, steps: int, warmu
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         wall = time.perf_counter() - start
+        # of the timed steps alone: read before the profiled steps and the FLOP count, whose step runs eager
+        # (below) and once set the peak of every compiled row (docs/results.md section 5)
+        peak_gib = peak_memory_gib(device)
         aux_ms, gen_ms = timer.total_ms("aux") / steps, timer.total_ms("generator") / steps
         step_s = wall / steps
         peak, card = peak_tflops(device, peak_override)
@@ -359,7 +367,7 @@ def measure(recipe: str, sets: list[str], method_name: str, *, steps: int, warmu
             "method": method_name, "batch": run.ctx.settings.batch_size, "world_size": world,
             "images_per_s": method.images_per_step() * world / step_s, "step_ms": step_s * 1e3,
             "aux_ms": aux_ms, "generator_ms": gen_ms, "other_ms": step_s * 1e3 - aux_ms - gen_ms,
-            "peak_gib": (torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None),
+            "peak_gib": peak_gib,
             "flops_per_step": flops, "tflops_per_s": flops / step_s / 1e12 if flops else None,
             "mfu": flops / step_s / (peak * 1e12) if flops and peak else None, "peak_tflops": peak,
             "device": card, "skipped_steps": guard.skipped, "params": counts,

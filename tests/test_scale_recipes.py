@@ -212,6 +212,15 @@ def test_throughput_counts_flops_after_the_timed_and_profiled_steps(monkeypatch:
         return real_count(step, method)
 
     monkeypatch.setattr(tp, "count_flops", spy)
+    steps_before_peak: list[int] = []
+    real_peak = tp.peak_memory_gib
+    method_of_run: list[Any] = []
+
+    def peak_spy(device: torch.device) -> float | None:
+        steps_before_peak.append(method_of_run[0].steps_done)
+        return real_peak(device)
+
+    monkeypatch.setattr(tp, "peak_memory_gib", peak_spy)
     sets_ = [s for s in TINY_BENCH if s != "--set"]
     original = tp.build_run
 
@@ -225,13 +234,16 @@ def test_throughput_counts_flops_after_the_timed_and_profiled_steps(monkeypatch:
             return step(i)
 
         run.method.train_step = counted
+        method_of_run.append(run.method)
         return run
 
     monkeypatch.setattr(tp, "build_run", build_counting)
     row = tp.measure(str(RECIPES / "imagenet512.toml"), sets_, "diffratio", steps=2, warmup=1, peak_override=None,
                      profile_out=tmp_path / "profile.md", profile_n=1)
-    # 1 warm-up + 2 timed + 1 profiled step before the count
+    # 1 warm-up + 2 timed + 1 profiled step before the count; the peak memory is of the timed steps: read
+    # after them, before the profiled step and the count's eager step
     assert steps_before_count == [4] and row["flops_per_step"] > 0 and (tmp_path / "profile.md").exists()
+    assert steps_before_peak == [3]
 
 
 def test_throughput_maps_the_method_table() -> None:
