@@ -19,7 +19,8 @@ step time is wall time over the timed steps, so "other" is the finite check and 
 update is inside its generator step). MFU =
 counted FLOPs per step / step time / the card's dense bf16 peak (H100 SXM and H200: 989 TFLOP/s; or
 ``--peak-tflops``), per GPU. FLOPs are counted with the sdpa kernels even for rows on xformers (whose ops the
-counter does not see), so MFU compares backends on the same model FLOPs.
+counter does not see), so MFU compares backends on the same model FLOPs; likewise with activation
+checkpointing off (the recomputation is not model FLOPs, though the step time pays for it).
 
 With ``--profile DIR``, each row then runs ``--profile-steps`` more steps under ``torch.profiler`` and writes
 ``DIR/VARIANT-METHOD.md``: GPU kernel time per category (matrix products, attention, normalisation and other
@@ -57,7 +58,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from diffratio import Trainable
+from diffratio import Backbone, Trainable
 from diffratio.engine import NonFiniteGuard, build_run
 from diffratio.recipe import apply_sets, read_recipe_text, resolve_recipe
 from diffratio.registry import default_registry
@@ -179,17 +180,32 @@ def sdpa_attention(method: Any) -> Any:
             m.attn_backend = backend
 
 
+@contextmanager
+def without_recompute(method: Any) -> Any:
+    """Activation checkpointing off for the FLOP count (``backbone.activation_checkpointing``): MFU counts the
+    model's FLOPs, not the recomputation the step time pays for; restored afterwards."""
+    changed = [m for net in networks(method) for m in net.modules() if isinstance(m, Backbone) and m.checkpoint_blocks]
+    for m in changed:
+        m.checkpoint_blocks = False
+    try:
+        yield
+    finally:
+        for m in changed:
+            m.checkpoint_blocks = True
+
+
 def peak_memory_gib(device: torch.device) -> float | None:
     """Peak GPU memory allocated since the last reset of the statistics, in GiB (None on CPU)."""
     return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
 
 
 def count_flops(step: Callable[[], Any], method: Any) -> float | None:
-    """FLOPs of one call of ``step`` (forward and backward, as executed), or None when they cannot be counted."""
+    """FLOPs of one call of ``step`` (forward and backward, without activation checkpointing's recomputation),
+    or None when they cannot be counted."""
     from torch.utils.flop_counter import FlopCounterMode
 
     try:
-        with sdpa_attention(method), FlopCounterMode(display=False) as counter:
+        with sdpa_attention(method), without_recompute(method), FlopCounterMode(display=False) as counter:
             step()
     except Exception as exc:  # e.g. a compiled module the counter cannot enter
         print(f"FLOPs not counted: {type(exc).__name__}: {exc}", file=sys.stderr)

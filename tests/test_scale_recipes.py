@@ -246,6 +246,24 @@ def test_throughput_counts_flops_after_the_timed_and_profiled_steps(monkeypatch:
     assert steps_before_peak == [3]
 
 
+def test_throughput_mfu_counts_model_flops_without_the_recomputation() -> None:
+    """With ``backbone.activation_checkpointing`` the step recomputes every block in its backward pass; the FLOP
+    count (MFU's numerator) is the model's, as without checkpointing; the setting is back on after the count."""
+    tp = throughput_module()
+    sets_ = [s for s in TINY_BENCH if s != "--set"]
+    rows = [tp.measure(str(RECIPES / "imagenet512.toml"), [*sets_, f"backbone.activation_checkpointing={flag}"],
+                       "diffratio", steps=1, warmup=1, peak_override=None) for flag in ("false", "true")]
+    assert rows[0]["flops_per_step"] > 0 and rows[1]["flops_per_step"] == rows[0]["flops_per_step"]
+    from diffratio_builtins.backbones import dit
+
+    net = dit.DiTBackbone(dit.DiTBackbone.Config(depth=2, hidden=32, heads=2, activation_checkpointing=True),
+                          data_shape=(4, 8, 8))
+    holder = SimpleNamespace(net=torch.nn.Sequential(net))
+    with tp.without_recompute(holder):
+        assert not net.checkpoint_blocks
+    assert net.checkpoint_blocks
+
+
 def test_throughput_maps_the_method_table() -> None:
     tp = throughput_module()
     source = {"name": "diffratio", "init": "runs/x", "ratio_steps": 2, "warmup_ratio_steps": 500, "ema_decay": 0.99,
