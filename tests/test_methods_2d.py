@@ -313,5 +313,9 @@ def test_toy2d_vsd_recipe_shares_every_setting_with_toy2d() -> None:
     assert {k: v for k, v in dr["run"].items() if k != "name"} == {k: v for k, v in vsd["run"].items() if k != "name"}
     m1, m2 = dr["method"], vsd["method"]
     assert m1["generator_optimizer"] == m2["generator_optimizer"] and m1["ema_decay"] == m2["ema_decay"]
-    assert m1["ratio_optimizer"] == m2["fake_optimizer"] and m1["ratio_steps"] == m2["fake_steps"]
+    # the auxiliary network's learning rate is each method's own: DiffRatio's was measured on this recipe
+    # (docs/results.md section 1), VSD keeps the 1e-3 of its runs; every other optimiser setting is shared
+    aux = ({k: v for k, v in m1["ratio_optimizer"].items() if k != "lr"},
+           {k: v for k, v in m2["fake_optimizer"].items() if k != "lr"})
+    assert aux[0] == aux[1] and m1["ratio_steps"] == m2["fake_steps"]
     assert m1["warmup_ratio_steps"] == m2["warmup_fake_steps"]
