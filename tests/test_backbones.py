@@ -445,7 +445,8 @@ def test_activation_checkpointing_keeps_less_and_changes_nothing(kind: str, mode
     torch.testing.assert_close(gx1, gx0, atol=1e-6, rtol=1e-5)
     for name, g in gp0.items():
         torch.testing.assert_close(gp1[name], g, atol=1e-6, rtol=1e-5, msg=name)
-    plain.eval(), ckpt.eval()
+    plain.eval()
+    ckpt.eval()
     xi = x.clone().requires_grad_(True)
     kept, kept_ckpt = (saved_bytes(lambda m=m: m(xi, s, y)) for m in (plain, ckpt))
     assert kept_ckpt < 0.6 * kept, (kept_ckpt, kept)

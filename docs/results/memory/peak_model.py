@@ -20,9 +20,24 @@ BATCH, GIB = 16, 2**30
 GEN, EST14, EST7 = 674.8e6, 337.5e6, 170.1e6  # parameters (saved_bytes.md)
 TRAINED = {"diffratio": GEN + EST14, "diffratio-enc7": GEN + EST7, "vsd": 2 * GEN}
 FROZEN = {"diffratio": 0.0, "diffratio-enc7": 0.0, "vsd": GEN}
-# (method, activation checkpointing, batch) -> measured peak GiB (docs/results/seventh/mem/*.md)
-MEASURED = {("diffratio", "false", 16): 37.91, ("diffratio", "true", 16): 20.91, ("vsd", "false", 16): 39.57,
-            ("vsd", "true", 16): 26.58, ("diffratio-enc7", "true", 16): 18.72, ("diffratio", "true", 32): 21.33}
+MEM = Path(__file__).parent.parent / "seventh" / "mem"  # the throughput.py tables of the measured rows
+# (method, activation checkpointing, batch) <- (table file, its method column)
+ROWS = {("diffratio", "false", 16): ("eager.md", "diffratio"),
+        ("diffratio", "true", 16): ("eager-ckpt.md", "diffratio"),
+        ("vsd", "false", 16): ("eager.md", "vsd"), ("vsd", "true", 16): ("eager-ckpt.md", "vsd"),
+        ("diffratio-enc7", "true", 16): ("enc7-cblocks-ckpt.md", "diffratio"),
+        ("diffratio", "true", 32): ("b32-cblocks-ckpt.md", "diffratio")}
+
+
+def measured() -> dict[tuple[str, str, int], float]:
+    """Each row's peak GiB, read from its table (the column ``peak GiB``)."""
+    out = {}
+    for key, (name, method) in ROWS.items():
+        lines = [ln.strip().strip("|").split("|") for ln in (MEM / name).read_text().splitlines() if ln.startswith("|")]
+        header = [c.strip() for c in lines[0]]
+        row = next(r for r in lines[2:] if r[1].strip() == method)
+        out[key] = float(row[header.index("peak GiB")])
+    return out
 
 
 def saved() -> dict[tuple[str, str, str], float]:
@@ -37,10 +52,11 @@ def saved() -> dict[tuple[str, str, str], float]:
 
 def main() -> None:
     s = saved()
-    act = {k: s[k[0], k[1], "generator_step"] * k[2] for k in MEASURED}  # GiB in the fp32 count
+    peaks = measured()
+    act = {k: s[k[0], k[1], "generator_step"] * k[2] for k in peaks}  # GiB in the fp32 count
     eager, ckpt = ("diffratio", "false", 16), ("diffratio", "true", 16)
-    c = (MEASURED[eager] - MEASURED[ckpt]) / (act[eager] - act[ckpt])
-    b = (MEASURED[eager] - c * act[eager]) * GIB / TRAINED["diffratio"]
+    c = (peaks[eager] - peaks[ckpt]) / (act[eager] - act[ckpt])
+    b = (peaks[eager] - c * act[eager]) * GIB / TRAINED["diffratio"]
 
     def peak(key: tuple[str, str, int]) -> float:
         return (TRAINED[key[0]] * b + FROZEN[key[0]] * 2) / GIB + c * act[key]
@@ -49,11 +65,11 @@ def main() -> None:
           f"{c:.3f} of the fp32 count")
     print("| method | activation checkpointing | batch | predicted peak (GiB) | measured | error |")
     print("|---|---|---|---|---|---|")
-    for key, measured in MEASURED.items():
+    for key, value in peaks.items():
         p = peak(key)
         fit = " (fitted)" if key in (eager, ckpt) else ""
-        print(f"| {key[0]} | {'yes' if key[1] == 'true' else 'no'} | {key[2]} | {p:.2f}{fit} | {measured} | "
-              f"{p - measured:+.2f} |")
+        print(f"| {key[0]} | {'yes' if key[1] == 'true' else 'no'} | {key[2]} | {p:.2f}{fit} | {value} | "
+              f"{p - value:+.2f} |")
 
 
 if __name__ == "__main__":
