@@ -1,5 +1,6 @@
-"""How noisy one energy-distance draw is, for a trained 2-D run: the floor over disjoint held-out pairs,
-the run's distance over sampling seeds, and both at a larger sample size.
+"""How noisy one energy-distance draw is, for a trained 2-D run: the floor over disjoint held-out pairs
+(with its expected value, ``analytic.energy_floor``), the run's distance over sampling seeds (each seed
+against its own held-out set), and both at a larger sample size.
 
     python benchmarks/energy_noise.py runs/toy2d [--num 2000] [--pairs 5] [--seeds 6] [--large 10000]
 
@@ -9,9 +10,10 @@ Prints the numbers behind the averaging of the ``energy-distance`` metric (docs/
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 
-from diffratio.analytic import energy_distance
+from diffratio.analytic import energy_distance, energy_floor
 from diffratio.sampling import draw, load_run
 
 
@@ -25,18 +27,25 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     run = load_run(args.run_dir)
     n = args.num
-    ref = run.ctx.dataset.reference(max(2 * n * args.pairs, 2 * args.large))
-    floors = [energy_distance(ref[2 * i * n:(2 * i + 1) * n], ref[(2 * i + 1) * n:(2 * i + 2) * n])
-              for i in range(args.pairs)]
-    eds = [energy_distance(draw(run, n, seed=s)[0], ref[:n]) for s in range(args.seeds)]
+    ref = run.ctx.dataset.reference(max(2 * n * max(args.pairs, args.seeds), 2 * args.large))
+    pairs = [(ref[2 * i * n:(2 * i + 1) * n], ref[(2 * i + 1) * n:(2 * i + 2) * n]) for i in range(args.pairs)]
+    floors = [energy_distance(a, b) for a, b in pairs]
+    eds = [energy_distance(draw(run, n, seed=s)[0], ref[2 * s * n:(2 * s + 1) * n]) for s in range(args.seeds)]
     big = args.large
     ed_big = energy_distance(draw(run, big, seed=10_000)[0], ref[:big])
     floor_big = energy_distance(ref[:big], ref[big:2 * big])
-    print(f"floor at {n} points over {args.pairs} disjoint held-out pairs: "
-          + ", ".join(f"{f:.5f}" for f in floors) + f" (min {min(floors):.5f}, max {max(floors):.5f})")
-    print(f"the run's distance at {n} points over {args.seeds} sampling seeds: "
-          + ", ".join(f"{e:.5f}" for e in eds) + f" (min {min(eds):.5f}, max {max(eds):.5f})")
-    print(f"at {big} points: distance {ed_big:.5f}, floor {floor_big:.5f}, ratio {ed_big / floor_big:.2f}")
+
+    def summary(xs: list[float]) -> str:
+        sd = statistics.stdev(xs) if len(xs) > 1 else float("nan")
+        return f"mean {statistics.fmean(xs):.5f}, sd {sd:.5f}, min {min(xs):.5f}, max {max(xs):.5f}"
+
+    expected = energy_floor(pairs)
+    print(f"floor at {n} points over {args.pairs} disjoint held-out pairs: {summary(floors)}")
+    print(f"expected floor 2 E|X-X'| / n from those pairs' cross distances: {expected:.5f}")
+    print(f"the run's distance at {n} points over {args.seeds} sampling seeds (each against its own held-out "
+          f"set): {summary(eds)}; mean / expected floor {statistics.fmean(eds) / expected:.2f}")
+    print(f"at {big} points: distance {ed_big:.5f}, one drawn floor {floor_big:.5f}, expected floor "
+          f"{expected * n / big:.5f}")
     return 0
 
 

@@ -241,9 +241,26 @@ def test_ema_warmups_reach_the_configured_decay_when_they_say() -> None:
     assert float(ema.weight) == pytest.approx(sum(seen) / len(seen))
 
 
+def test_energy_floor_is_the_expected_two_sample_statistic() -> None:
+    """For two independent n-point samples of one distribution the V-statistic averages 2 E|X-X'| / n; for a
+    2-D standard normal E|X-X'| = sqrt(pi). ``energy_floor`` matches that closed form, and so does the mean
+    of many drawn two-sample statistics (within four standard errors)."""
+    from diffratio.analytic import energy_distance, energy_floor
+
+    n = 50
+    gen = torch.Generator().manual_seed(3)
+    pairs = [(torch.randn(n, 2, generator=gen), torch.randn(n, 2, generator=gen)) for _ in range(800)]
+    exact = 2 * math.sqrt(math.pi) / n
+    assert energy_floor(pairs) == pytest.approx(exact, rel=0.01)
+    drawn = torch.tensor([energy_distance(a, b) for a, b in pairs])
+    assert abs(float(drawn.mean()) - exact) < 4 * float(drawn.std()) / math.sqrt(len(pairs))
+    assert energy_floor(pairs[:1]) == pytest.approx(exact, rel=0.1)  # one pair's cross distances already close
+
+
 def test_energy_distance_metric_averages_disjoint_draws_and_uses_fewer_when_data_are_short() -> None:
-    """The metric's floor is the mean over ``repeats`` disjoint held-out pairs, its distance the mean over as
-    many generated sets; a held-out set too small for all repeats gives fewer, and too small for one fails."""
+    """The metric's distance is the mean over ``repeats`` generated sets against disjoint held-out sets, its
+    floor the expected two-sample statistic 2 E|X-X'| / n from those pairs' cross distances (the pairs' own
+    statistics reported beside it); a held-out set too small for all repeats gives fewer, too small for one fails."""
     from types import SimpleNamespace
 
     from diffratio.analytic import energy_distance
@@ -251,7 +268,8 @@ def test_energy_distance_metric_averages_disjoint_draws_and_uses_fewer_when_data
 
     gen = torch.Generator().manual_seed(0)
     held = torch.randn(1000, 2, generator=gen)
-    draws = iter(torch.randn(5, 100, 2, generator=gen) + 0.5)
+    shifted = torch.randn(5, 100, 2, generator=gen) + 0.5
+    draws = iter(shifted)
 
     def ctx(points: torch.Tensor) -> SimpleNamespace:
         return SimpleNamespace(dataset=SimpleNamespace(reference=lambda k: points[:k]), sample=lambda n: next(draws))
@@ -259,11 +277,16 @@ def test_energy_distance_metric_averages_disjoint_draws_and_uses_fewer_when_data
     out = EnergyDistance(EnergyDistance.Config(num_samples=100, repeats=3)).compute(ctx(held))
     pairs = [(held[200 * i:200 * i + 100], held[200 * i + 100:200 * i + 200]) for i in range(3)]
     floors = [energy_distance(a, b) for a, b in pairs]
+    cross = sum(float(torch.cdist(a.double(), b.double()).mean()) for a, b in pairs) / 3
     assert out["repeats"] == 3
-    assert out["floor"] == pytest.approx(sum(floors) / 3)
+    assert out["energy_distance"] == pytest.approx(sum(energy_distance(shifted[i], pairs[i][0]) for i in range(3)) / 3)
+    assert out["floor"] == pytest.approx(2 * cross / 100)
+    assert out["ratio"] == pytest.approx(out["energy_distance"] / out["floor"])
+    assert out["floor_sampled"] == pytest.approx(sum(floors) / 3)
     assert (out["floor_min"], out["floor_max"]) == (pytest.approx(min(floors)), pytest.approx(max(floors)))
     assert out["energy_distance"] > 2 * out["floor"]  # the generated sets are shifted by 0.5
 
+    draws = iter(shifted)
     short = EnergyDistance(EnergyDistance.Config(num_samples=100, repeats=5)).compute(ctx(held[:450]))
     assert short["repeats"] == 2
     with pytest.raises(ValueError, match="needs 200 reference points"):

@@ -105,3 +105,18 @@ def energy_distance(x: Tensor, y: Tensor) -> float:
     x = x.to(torch.float64).flatten(1)
     y = y.to(torch.float64).flatten(1)
     return float(2 * torch.cdist(x, y).mean() - torch.cdist(x, x).mean() - torch.cdist(y, y).mean())
+
+
+def energy_floor(pairs: list[tuple[Tensor, Tensor]]) -> float:
+    """Expected ``energy_distance`` between two independent n-point samples of one distribution: 2 E|X-X'| / n.
+
+    The V-statistic's self terms average over n^2 entries of which n are zero, so for two samples of one
+    distribution its expectation is ``2 E|X-X'| - 2 (n-1)/n E|X-X'| = 2 E|X-X'| / n``. ``E|X-X'|`` is read from
+    the cross distances of the given independent pairs (all of size n), n^2 distances per pair: a far steadier
+    estimate of the floor than the pairs' own statistics, which on the toy2d ring spread with a standard
+    deviation of about 70% of their mean at n = 2000.
+    """
+    n = pairs[0][0].shape[0]
+    mean_dist = sum(float(torch.cdist(a.to(torch.float64).flatten(1), b.to(torch.float64).flatten(1)).mean())
+                    for a, b in pairs) / len(pairs)
+    return 2 * mean_dist / n
