@@ -11,7 +11,7 @@ table in docs/results/. Training runs go two at a time (peak RSS is per process,
 time per step is measured afterwards in one process that alternates bursts of diffratio and vsd steps,
 so that both see the same machine load (these machines are shared), as wall and CPU time.
 
-    python benchmarks/toy2d_methods.py          # ring and grid, seeds 0-2, 3000 generator steps
+    python benchmarks/toy2d_methods.py          # ring and grid, seeds 0-2, 3000 generator steps of 256
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
             "ratio": last["energy-distance/ratio"], "parameters": info.get("parameters", {})}
 
 
-def timing(ds: str, pre: Path, steps: int, rounds: int, tmp: Path) -> dict[str, dict[str, float]]:
+def timing(ds: str, pre: Path, steps: int, rounds: int, tmp: Path, batch: int) -> dict[str, dict[str, float]]:
     """Median wall and CPU milliseconds per training step of diffratio and vsd, measured in one process
     in alternating bursts of ``steps`` steps (so that both see the same machine load)."""
     import torch
@@ -94,7 +94,7 @@ def timing(ds: str, pre: Path, steps: int, rounds: int, tmp: Path) -> dict[str, 
     methods = {}
     for name in ("diffratio", "vsd"):
         sets = [*([] if ds == "ring" else [f"dataset.name={ds}"]), "strategy.threads=1", "loggers.console={}",
-                f"method.init={json.dumps(str(pre))}"]
+                f"method.init={json.dumps(str(pre))}", f"run.batch_size={batch}"]
         recipe = load_recipe(ROOT / "recipes" / RECIPES[name], sets, registry=registry)
         methods[name] = build_run(recipe, tmp / name, registry).method
     torch.set_num_threads(1)
@@ -147,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--datasets", default="ring,grid")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--steps", type=int, default=3000, help="generator steps of diffratio and vsd")
+    ap.add_argument("--batch", type=int, default=256,
+                    help="batch of diffratio and vsd (256 as measured in results.md s.4; the recipes now use 1024)")
     ap.add_argument("--pretrain-steps", type=int, default=4000)
     ap.add_argument("--jobs", type=int, default=2, help="training runs at a time (timing is measured apart)")
     ap.add_argument("--timing-steps", type=int, default=40, help="steps per burst of the timing phase")
@@ -175,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
             method, extra = "edm", [f"run.steps={args.pretrain_steps}"]
         else:
             method, vsets, _ = VARIANTS[variant]
-            extra = [f"run.steps={args.steps}", f"method.init={json.dumps(_rel(pre_dir(ds, seed)))}", *vsets]
+            extra = [f"run.steps={args.steps}", f"run.batch_size={args.batch}",
+                     f"method.init={json.dumps(_rel(pre_dir(ds, seed)))}", *vsets]
         run_dir = pre_dir(ds, seed) if variant == "edm" else args.runs / f"{ds}-{variant}-s{seed}"
         row = {"dataset": ds, "seed": seed, "method": variant,
                **train_one(method, run_dir, sets_for(ds, seed, *extra))}
@@ -193,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
             cache = args.runs / f"timing-{ds}.json"  # measured once per runs folder
             if not cache.exists():
                 cache.write_text(json.dumps(timing(ds, pre_dir(ds, seeds[0]), args.timing_steps,
-                                                   args.timing_rounds, Path(tmp) / ds)))
+                                                   args.timing_rounds, Path(tmp) / ds, args.batch)))
             timings[ds] = json.loads(cache.read_text())
             print(f"{ds} timing: {timings[ds]}", flush=True)
     write(args, rows, timings, time.time() - t_start)
