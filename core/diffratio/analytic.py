@@ -114,7 +114,7 @@ def energy_floor(pairs: list[tuple[Tensor, Tensor]]) -> float:
     distribution its expectation is ``2 E|X-X'| - 2 (n-1)/n E|X-X'| = 2 E|X-X'| / n``. ``E|X-X'|`` is read from
     the cross distances of the given independent pairs (all of size n), n^2 distances per pair: a far steadier
     estimate of the floor than the pairs' own statistics, which on the toy2d ring spread with a standard
-    deviation of about 70% of their mean at n = 2000.
+    deviation of about 60% of their mean at n = 2000.
     """
     n = pairs[0][0].shape[0]
     mean_dist = sum(float(torch.cdist(a.to(torch.float64).flatten(1), b.to(torch.float64).flatten(1)).mean())

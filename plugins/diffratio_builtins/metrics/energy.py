@@ -14,13 +14,13 @@ class EnergyDistance(Metric):
     Both are V-statistics at ``num_samples`` points, so the floor is what a perfect generator gets on
     average at this sample size and ``ratio = energy_distance / floor`` near 1 means indistinguishable from
     data. One draw of either is noisy (on the toy2d ring at 2000 points the two-sample statistic has a
-    standard deviation of about 70% of its mean), so ``energy_distance`` is the mean over ``repeats``
-    generated sets, each against its own disjoint held-out set, and ``floor`` is the statistic's expected
-    value for two data samples, 2 E|X-X'| / n (``analytic.energy_floor``), with E|X-X'| read from the cross
-    distances of ``repeats`` disjoint held-out pairs. ``floor_sampled`` is the mean of those pairs' own
-    statistics (the floor as this metric reported it until 2026-11-28: five draws of a fixed held-out
-    stream read 0.00192 on the ring, a quarter below the expected 0.00254), ``floor_min`` and ``floor_max``
-    their spread.
+    standard deviation of about 60% of its mean; docs/results.md section 1), so ``energy_distance`` is the
+    mean over ``repeats`` generated sets, each against its own disjoint held-out set, and ``floor`` is the
+    statistic's expected value for two data samples, 2 E|X-X'| / n (``analytic.energy_floor``), with E|X-X'|
+    read from the cross distances of ``repeats`` disjoint held-out pairs. ``floor_sampled`` is the mean of
+    those pairs' own statistics (the floor as this metric reported it until 2026-11-28: five draws of a fixed
+    held-out stream read 0.00192 on the ring, a quarter below the expected 0.00254), ``floor_min`` and
+    ``floor_max`` their spread.
     """
 
     @attrs.frozen(kw_only=True)
