@@ -286,7 +286,6 @@ def test_energy_distance_metric_averages_disjoint_draws_and_uses_fewer_when_data
     assert (out["floor_min"], out["floor_max"]) == (pytest.approx(min(floors)), pytest.approx(max(floors)))
     assert out["energy_distance"] > 2 * out["floor"]  # the generated sets are shifted by 0.5
 
-    draws = iter(shifted)
     short = EnergyDistance(EnergyDistance.Config(num_samples=100, repeats=5)).compute(ctx(held[:450]))
     assert short["repeats"] == 2
     with pytest.raises(ValueError, match="needs 200 reference points"):
