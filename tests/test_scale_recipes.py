@@ -15,8 +15,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from diffratio import count_parameters
 from diffratio.cli import train
-from diffratio.components import count_parameters
 from diffratio.recipe import load_recipe
 from diffratio.registry import default_registry
 
