@@ -1,4 +1,4 @@
-"""The distributed strategies of issue 6: ``ddp`` with 2 gloo processes under torchrun, and ``deepspeed``
+"""The distributed strategies: ``ddp`` with 2 gloo processes under torchrun, and ``deepspeed``
 ZeRO 1/2/3 in one process. Runs resume from their own checkpoints bit for bit; a SIGTERM that reaches one
 rank stops every rank at the same step with a checkpoint; ranks agree on skipping non-finite steps.
 
@@ -481,7 +481,9 @@ def test_deepspeed_missing_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> N
     (["strategy.name=ddp", "strategy.backend='mpi'"],
      "recipe.strategy.backend: must be one of 'auto', 'nccl', 'gloo', got 'mpi'"),
     (["strategy.name=ddp", "strategy.timeout_minutes=0"], "recipe.strategy.timeout_minutes: must be > 0, got 0"),
-    (["strategy.name=deepspeed", "strategy.stage=3"], "recipe.strategy.stage: unknown key (known keys: zero_stage,"),
+    (["strategy.name=deepspeed", "strategy.stage=3"],
+     "recipe.strategy.stage: unknown key (known keys: channels_last, tf32, threads, compile, compile_scope, device, "
+     "backend, timeout_minutes, precision, zero_stage, engine_config)"),
     (["strategy.name=ddp", "strategy.device='cuda:1'"],
      "recipe.strategy.device: must be one of 'auto', 'cpu', 'cuda', got 'cuda:1'"),
 ])
