@@ -36,13 +36,16 @@ class Counted(nn.Module):
 
 @pytest.fixture
 def fake_compile(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    """Compiling on: ``torch.compile`` returns a call-counting wrapper (of a module, or of a module's call
-    for ``nn.Module.compile``), and the strategies compile on the CPU. Returns the wrappers made."""
+    """Compiling on: ``torch.compile`` returns a call-counting wrapper of a module, or of a module's call for
+    ``nn.Module.compile`` (anything else is returned as it is), and the strategies compile on the CPU.
+    Returns the wrappers made."""
     made: list[Any] = []
 
-    def compile_(target: Any, **options: Any) -> Any:
+    def compile_(target: Any = None, **options: Any) -> Any:
         if isinstance(target, nn.Module):
             wrapper: Any = Counted(target)
+        elif not isinstance(getattr(target, "__self__", None), nn.Module):  # not a model: e.g. a library's helper
+            return target if target is not None else (lambda fn: fn)
         else:
             def wrapper(*args: Any, **kwargs: Any) -> Any:
                 wrapper.calls += 1
@@ -117,6 +120,31 @@ def test_ddp_infer_is_the_compiled_module_outside_the_ddp_wrapper(fake_compile: 
         t.step()
         assert compiled.calls == 2 and ddp_calls == [1] and bool(t.last_step_ok)
         assert t.model is module
+    finally:
+        strategy.close()
+
+
+@pytest.mark.parametrize("scope", ["model", "blocks"])
+def test_deepspeed_infer_runs_the_module_compiled_in_place(fake_compile: list[Any], scope: str) -> None:
+    """DeepSpeed compiles the module inside its engine in place: ``infer`` (and ``model``) run the compiled
+    call without the engine, ``forward`` runs the engine around it."""
+    pytest.importorskip("deepspeed", reason="pip install 'diffratio[deepspeed]'")
+    from diffratio_builtins.strategies.deepspeed import DeepSpeed
+
+    strategy = DeepSpeed(DeepSpeed.Config(device="cpu", compile=True, compile_scope=scope))
+    try:
+        t = strategy.prepare(f"net-{scope}", net(), OptimizerConfig())
+        [compiled] = fake_compile
+        engine_calls = []
+        engine_forward = t.engine.forward
+        t.engine.forward = lambda *a, **k: engine_calls.append(1) or engine_forward(*a, **k)
+        x = torch.randn(4, 3)
+        with torch.no_grad():
+            t.infer(x)
+        assert compiled.calls == 1 and engine_calls == [], "infer ran the eager module or the engine"
+        t.backward(t.forward(x).square().mean())
+        t.step()
+        assert compiled.calls == 2 and engine_calls == [1] and bool(t.last_step_ok) and t.model is t.engine.module
     finally:
         strategy.close()
 

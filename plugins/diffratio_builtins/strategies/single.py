@@ -58,7 +58,7 @@ class LocalTrainable(Trainable):
         return self._infer(*args, **kwargs)
 
     def backward(self, loss: Tensor) -> None:
-        self._losses.append(loss.detach())
+        self._losses.append(loss.detach().reshape(-1))
         loss.backward()
 
     def step(self) -> dict[str, Tensor]:
@@ -67,7 +67,7 @@ class LocalTrainable(Trainable):
         grads = [p.grad for p in self.params if p.grad is not None]
         norm = torch.nn.utils.get_total_norm(grads, foreach=True) if grads else self._zero
         if self._losses:
-            ok = torch.isfinite(torch.stack([norm, *self._losses])).all()
+            ok = torch.isfinite(torch.cat([norm.reshape(1), *self._losses])).all()
             self._losses = []
         else:
             ok = torch.isfinite(norm)
