@@ -345,7 +345,7 @@ def test_compile_scope_blocks_compiles_each_repeated_block(kind: str) -> None:
     """``strategy.compile_scope = "blocks"``: DiT's transformer blocks are compiled one by one (the rest
     stays eager), a U-Net (no repeated-block list) as one region, a module without a backbone as a whole;
     outputs unchanged (dynamo only: the eager backend)."""
-    from diffratio_builtins.strategies.single import compile_blocks
+    from diffratio_builtins.strategies.common import compile_blocks
 
     def compiled(m: torch.nn.Module) -> bool:
         return m._compiled_call_impl is not None
@@ -371,7 +371,8 @@ def test_strategies_compile_only_on_gpus_and_by_scope() -> None:
     """``compiled`` (what the strategies run): nothing on CPU or with compile off; ``model`` wraps the whole
     network in ``torch.compile`` (the module itself untouched); ``blocks`` compiles DiT's blocks in place and
     returns the module. Compilation is lazy, so no GPU is needed to check which is which."""
-    from diffratio_builtins.strategies.single import SingleDevice, compiled
+    from diffratio_builtins.strategies.common import compiled
+    from diffratio_builtins.strategies.single import SingleDevice
 
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     model = build("dit")
@@ -460,7 +461,7 @@ def test_activation_checkpointing_runs_compiled_blocks() -> None:
     step (2n) and the generator step (n), and passes with the parameters frozen (gradient by the input only).
     The recompute must pick the graph the forward pass ran, or torch raises a CheckpointError; gradients
     unchanged."""
-    from diffratio_builtins.strategies.single import compile_blocks
+    from diffratio_builtins.strategies.common import compile_blocks
 
     plain = build("dit", num_labels=4)
     perturb(plain)

@@ -15,8 +15,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from diffratio import count_parameters
 from diffratio.cli import train
-from diffratio.components import count_parameters
 from diffratio.recipe import load_recipe
 from diffratio.registry import default_registry
 
@@ -66,7 +66,7 @@ def load_recipe_doc(recipe: str) -> dict[str, Any]:
 
 
 def test_imagenet512_dry_run_from_the_command_line() -> None:
-    """The command of the issue, as a user types it (with the deepspeed strategy when it is registered)."""
+    """The ImageNet-512 command as a user types it (with the deepspeed strategy when it is registered)."""
     extra = [] if registered("strategy", "deepspeed") else ON_CPU
     res = run_cli("dr-train", str(RECIPES / "imagenet512.toml"), "--dry-run", *extra, timeout=120)
     assert res.returncode == 0, res.stderr

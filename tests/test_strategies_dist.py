@@ -1,4 +1,4 @@
-"""The distributed strategies of issue 6: ``ddp`` with 2 gloo processes under torchrun, and ``deepspeed``
+"""The distributed strategies: ``ddp`` with 2 gloo processes under torchrun, and ``deepspeed``
 ZeRO 1/2/3 in one process. Runs resume from their own checkpoints bit for bit; a SIGTERM that reaches one
 rank stops every rank at the same step with a checkpoint; ranks agree on skipping non-finite steps.
 
@@ -179,18 +179,18 @@ def _agreement_worker(rank: int, port: int, out: str) -> None:
     torch.manual_seed(0)
     t = strategy.prepare("net", torch.nn.Linear(3, 2), OptimizerConfig(lr=0.1))
     x = torch.randn(8, 3, generator=torch.Generator().manual_seed(rank))
-    before = [p.detach().clone() for p in t.raw.parameters()]
-    loss = t.module(x).pow(2).mean()
+    before = [p.detach().clone() for p in t.model.parameters()]
+    loss = t.forward(x).pow(2).mean()
     if rank == 1:  # not finite here only, with finite gradients: both ranks must skip the update
         loss = loss + torch.tensor(float("inf"))
     t.backward(loss)
     t.step()
     result["skipped"] = (not bool(t.last_step_ok),
-                         all(torch.equal(a, b) for a, b in zip(before, t.raw.parameters(), strict=True)))
-    t.backward(t.module(x).pow(2).mean())
+                         all(torch.equal(a, b) for a, b in zip(before, t.model.parameters(), strict=True)))
+    t.backward(t.forward(x).pow(2).mean())
     t.step()
     result["trained"] = bool(t.last_step_ok)
-    result["params"] = [p.detach().clone() for p in t.raw.parameters()]
+    result["params"] = [p.detach().clone() for p in t.model.parameters()]
     strategy.close()
     torch.save(result, Path(out) / f"rank{rank}.pt")
 
@@ -318,16 +318,16 @@ def test_deepspeed_bf16_weights_engine_has_fp32_master_weights_and_fp32_interfac
     strategy = DeepSpeed(DeepSpeed.Config(device="cpu", zero_stage=2, precision="bf16-weights"))
     try:
         t = strategy.prepare("net", net, OptimizerConfig(lr=0.1))
-        assert {p.dtype for p in t.raw.parameters()} == {torch.bfloat16}
+        assert {p.dtype for p in t.model.parameters()} == {torch.bfloat16}
         assert {p.dtype for g in t.engine.optimizer.param_groups for p in g["params"]} == {torch.float32}
         x = torch.randn(4, 3, requires_grad=True)
-        y = t.module(x)
-        assert y.dtype == torch.float32 and t.forward_only(x).dtype == torch.float32
+        y = t.forward(x)
+        assert y.dtype == torch.float32 and t.infer(x).dtype == torch.float32
         t.backward(y.pow(2).mean())
         assert x.grad is not None and x.grad.dtype == torch.float32
-        before = [p.detach().clone() for p in t.raw.parameters()]
+        before = [p.detach().clone() for p in t.model.parameters()]
         t.step()
-        assert t.last_step_ok and not all(torch.equal(a, b) for a, b in zip(before, t.raw.parameters(), strict=True))
+        assert t.last_step_ok and not all(torch.equal(a, b) for a, b in zip(before, t.model.parameters(), strict=True))
         model = t.state_dict()["model"]
         assert list(model) == names and {v.dtype for v in model.values()} == {torch.float32}
     finally:
@@ -395,10 +395,10 @@ def test_engine_config_table_merges_into_every_engine(deepspeed_installed: None)
             t = strategy.prepare("net", torch.nn.Linear(2, 2), OptimizerConfig(lr=0.1))
             assert t.engine.optimizer.check_grad_overflow is checked  # DeepSpeed read the merged table
             # what the docs warn of: without the check, bf16 weights take a non-finite step instead of skipping it
-            t.backward(t.module(torch.ones(1, 2)).sum() * math.nan)
+            t.backward(t.forward(torch.ones(1, 2)).sum() * math.nan)
             t.step()
-            assert t.last_step_ok is not checked
-            assert all(torch.isfinite(p).all() for p in t.raw.parameters()) is checked
+            assert bool(t.last_step_ok) is not checked
+            assert all(torch.isfinite(p).all() for p in t.model.parameters()) is checked
         finally:
             strategy.close()
 
@@ -475,13 +475,15 @@ def test_deepspeed_missing_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 @pytest.mark.parametrize(("sets_", "message"), [
-    (["strategy.name=deepspeed", "strategy.zero_stage=4"], "recipe.strategy.zero_stage: must be in (1, 2, 3), got 4"),
+    (["strategy.name=deepspeed", "strategy.zero_stage=4"], "recipe.strategy.zero_stage: must be one of 1, 2, 3, got 4"),
     (["strategy.name=deepspeed", "strategy.precision='fp16'"],
      "recipe.strategy.precision: must be one of 'fp32', 'bf16', 'bf16-weights', got 'fp16'"),
     (["strategy.name=ddp", "strategy.backend='mpi'"],
      "recipe.strategy.backend: must be one of 'auto', 'nccl', 'gloo', got 'mpi'"),
     (["strategy.name=ddp", "strategy.timeout_minutes=0"], "recipe.strategy.timeout_minutes: must be > 0, got 0"),
-    (["strategy.name=deepspeed", "strategy.stage=3"], "recipe.strategy.stage: unknown key (known keys: zero_stage,"),
+    (["strategy.name=deepspeed", "strategy.stage=3"],
+     "recipe.strategy.stage: unknown key (known keys: channels_last, tf32, threads, compile, compile_scope, device, "
+     "backend, timeout_minutes, precision, zero_stage, engine_config)"),
     (["strategy.name=ddp", "strategy.device='cuda:1'"],
      "recipe.strategy.device: must be one of 'auto', 'cpu', 'cuda', got 'cuda:1'"),
 ])

@@ -22,14 +22,16 @@ import importlib
 import importlib.util
 import os
 from types import ModuleType
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor
 
 from diffratio.errors import DiffRatioError, MissingDependencyError
 
-BACKENDS: tuple[str, ...] = ("sdpa", "math", "xformers")
+#: the name of an attention backend, as a backbone's ``attention`` setting holds it
+Backend = Literal["sdpa", "math", "xformers"]
+BACKENDS: tuple[str, ...] = get_args(Backend)
 """Every backend name ``attention`` understands."""
 
 _CUDART = "libcudart.so.12"
@@ -37,7 +39,7 @@ _xops: ModuleType | None = None  # xformers.ops once imported
 _xformers_ok: set[str] = set()  # CUDA devices on which a probe call of xformers succeeded
 
 
-def attention(q: Tensor, k: Tensor, v: Tensor, backend: str = "sdpa") -> Tensor:
+def attention(q: Tensor, k: Tensor, v: Tensor, backend: Backend = "sdpa") -> Tensor:
     """Softmax attention of ``(B, heads, N, head_dim)`` tensors through the named backend."""
     if backend == "sdpa":
         return torch.nn.functional.scaled_dot_product_attention(q, k, v)
@@ -46,18 +48,6 @@ def attention(q: Tensor, k: Tensor, v: Tensor, backend: str = "sdpa") -> Tensor:
     if backend == "xformers":
         return _xformers_attention(q, k, v)
     raise DiffRatioError(_unknown(backend))
-
-
-def available_backends(device: torch.device | str | None = None) -> tuple[str, ...]:
-    """The backends usable on ``device`` in this environment (``None``: see ``check_backend``)."""
-    out = []
-    for name in BACKENDS:
-        try:
-            check_backend(name, device)
-        except DiffRatioError:
-            continue
-        out.append(name)
-    return tuple(out)
 
 
 def check_backend(backend: str, device: torch.device | str | None = None) -> None:
@@ -154,4 +144,4 @@ def _cudart_hint() -> str:
     return f" (export LD_LIBRARY_PATH={lib}:$LD_LIBRARY_PATH)"
 
 
-__all__ = ["BACKENDS", "attention", "available_backends", "check_backend"]
+__all__ = ["BACKENDS", "Backend", "attention", "check_backend"]

@@ -9,20 +9,20 @@ The kinds and their roles are listed in ``KINDS``; docs/architecture.md explains
 
 from __future__ import annotations
 
-import copy
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
 import torch
 import torch.utils.checkpoint
 from torch import Tensor, nn
 
-from diffratio.errors import DiffRatioError
+from diffratio.trainable import OptimizerConfig, Trainable
+from diffratio.zero import count_parameters, full_parameters, plain_copy  # noqa: F401  (re-exported by diffratio)
 
 if TYPE_CHECKING:
     from diffratio.engine import RunContext
@@ -273,112 +273,11 @@ class EvalContext:
 # --------------------------------------------------------------------------------------------------
 
 
-class Trainable(ABC):
-    """A model with its optimiser, as placed by a Strategy.
-
-    ``module`` is what forward passes that train the model use (possibly wrapped: DDP, DeepSpeed);
-    ``raw`` is the plain ``nn.Module`` (for EMA, frozen use inside another model's loss, saving).
-
-    A step whose loss (as given to ``backward``) or gradients are not finite is skipped: no optimiser
-    update, and ``last_step_ok`` turns false so that the method skips its EMA update too. The engine
-    counts such steps from the scalars a method returns (``grad_norm`` among them) and stops a run
-    after ``run.max_nonfinite_steps`` in a row.
-    """
-
-    module: nn.Module
-    raw: nn.Module
-    #: the model's optimiser settings, as given to ``Strategy.prepare``
-    optim: OptimizerConfig
-    #: whether the last ``step()`` applied its update; a 0-d bool tensor on the device (reading it waits
-    #: for the step) or a bool
-    last_step_ok: Tensor | bool = True
-
-    @property
-    def forward_only(self) -> nn.Module:
-        """Module for forward passes that do not train this model (gradients may still reach the inputs):
-        compiled where the strategy compiles, never wrapped for gradient synchronisation."""
-        return self.raw
-
-    @abstractmethod
-    def backward(self, loss: Tensor) -> None: ...
-
-    @abstractmethod
-    def step(self) -> dict[str, Tensor]:
-        """Clip, step the optimiser and zero the gradients; return diagnostics, ``grad_norm`` among them.
-
-        When the loss or any gradient is not finite, skip the update (best decided on the device, without
-        waiting for it) and set ``last_step_ok`` false; the gradients are zeroed either way.
-        """
-
-    def set_lr(self, lr: float) -> None:
-        """Set the optimiser's learning rate for the following steps."""
-        raise NotImplementedError(f"{type(self).__name__} cannot change its learning rate")
-
-    def schedule_lr(self, step: int, total: int) -> float | None:
-        """Set the learning rate of global step ``step`` of ``total`` (``OptimizerConfig.lr_at``) and return
-        it; methods call it at the start of each ``train_step``. None, and nothing set, without a decay."""
-        optim = getattr(self, "optim", None)
-        if optim is None:  # a third-party strategy's Trainable written before lr_decay existed
-            raise DiffRatioError(f"{type(self).__name__} has no `optim`: its Strategy.prepare must keep the "
-                                 "OptimizerConfig it was given as `trainable.optim` (the learning-rate decay reads it)")
-        if optim.lr_decay == "none":
-            return None
-        lr = optim.lr_at(step, total)
-        self.set_lr(lr)
-        return lr
-
-    @abstractmethod
-    def state_dict(self) -> dict[str, Any]: ...
-
-    @abstractmethod
-    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
-
-    def save_files(self, folder: Path) -> None:
-        """Write state that ``state_dict`` does not hold into ``folder`` (DeepSpeed's own sharded
-        checkpoint); every rank calls it. Nothing by default."""
-        return None
-
-    def load_files(self, folder: Path) -> None:
-        """Read back what ``save_files`` wrote (after ``load_state_dict``); every rank calls it."""
-        return None
-
-    def parameters(self) -> Iterator[nn.Parameter]:
-        return self.raw.parameters()
-
-
-@attrs.frozen(kw_only=True)
-class OptimizerConfig:
-    """Adam(W) settings of one trained model."""
-
-    lr: float = 1e-4  # learning rate
-    betas: tuple[float, float] = (0.0, 0.99)  # Adam's decay rates of the gradient's first and second moments
-    weight_decay: float = 0.0  # decoupled weight decay (AdamW when > 0)
-    eps: float = 1e-8  # added to the root of the second moment (Adam's epsilon)
-    grad_clip: float = 0.0  # clip the gradients' total L2 norm to this; 0 = off
-    lr_decay: Literal["none", "cosine", "linear"] = "none"  # decay of lr over the run: none, cosine or linear
-    lr_decay_start: float = attrs.field(default=0.0, validator=[attrs.validators.ge(0), attrs.validators.lt(1)])
-    # ^ fraction of run.steps after which the decay begins (0 = from the first step)
-    lr_final: float = attrs.field(default=0.0, validator=[attrs.validators.ge(0), attrs.validators.le(1)])
-    # ^ learning rate at the last step, as a fraction of lr
-
-    def lr_at(self, step: int, total: int) -> float:
-        """The learning rate of global step ``step`` (0-based) of a run of ``total`` steps: ``lr`` until
-        ``lr_decay_start * total``, then down to ``lr_final * lr`` at step ``total - 1`` along a half cosine
-        or a line (and stays there). A pure function of the step, so nothing is checkpointed and a
-        resumed run continues bit for bit; extending a finished run (a larger ``run.steps``) re-spreads the
-        decay over the new length."""
-        if self.lr_decay == "none":
-            return self.lr
-        start = self.lr_decay_start * total
-        if step <= start:
-            return self.lr
-        t = min(1.0, (step - start) / (total - 1 - start)) if total - 1 > start else 1.0
-        keep = 0.5 * (1.0 + math.cos(math.pi * t)) if self.lr_decay == "cosine" else 1.0 - t
-        return self.lr * (self.lr_final + (1.0 - self.lr_final) * keep)
-
-
 class Strategy(Component, ABC):
     """Places models and optimisers on devices and steps them: single device, DDP, DeepSpeed."""
+
+    #: whether a checkpoint may be resumed with another number of processes
+    resizable: ClassVar[bool] = True
 
     def __init__(self, config: Any = None) -> None:
         self.config = config if config is not None else self.Config()
@@ -406,7 +305,7 @@ class Strategy(Component, ABC):
     def prepare_frozen(self, module: nn.Module) -> nn.Module:
         """Place a model that is never trained (VSD's teacher): on the device, in eval mode, without
         gradients. Strategies that compile the trained models or hold their weights in bf16 do the same
-        to it, so that a frozen network runs like the trained ones beside it (a fair baseline)."""
+        to it, so that a frozen network runs like the trained ones beside it."""
         return module.to(self.device).eval().requires_grad_(False)
 
     def barrier(self) -> None:
@@ -436,17 +335,12 @@ class Strategy(Component, ABC):
     def load_files(self, folder: Path) -> None:
         """Read back what ``save_files`` wrote, after the method's state dict is loaded; every rank calls it."""
 
-    #: whether a checkpoint may be resumed with another number of processes
-    resizable: ClassVar[bool] = True
-
     def close(self) -> None:
         """Release what the strategy started (a process group) at the end of a run."""
 
-    def autocast(self) -> Any:
-        """Context manager for mixed precision on this strategy's device."""
-        import contextlib
-
-        return contextlib.nullcontext()
+    def autocast(self) -> AbstractContextManager[Any]:
+        """Context manager for mixed precision on this strategy's device (none by default)."""
+        return nullcontext()
 
 
 class Method(Component, ABC):
@@ -524,52 +418,6 @@ KINDS: dict[str, type[Component]] = {
     "strategy": Strategy,
     "logger": Logger,
 }
-
-
-def count_parameters(module: nn.Module) -> int:
-    """Number of trainable parameters (their full size where DeepSpeed ZeRO-3 partitions them)."""
-    return sum(getattr(p, "ds_numel", p.numel()) for p in module.parameters() if p.requires_grad)
-
-
-@contextmanager
-def full_parameters(module: nn.Module, modify: bool = False) -> Iterator[nn.Module]:
-    """``module`` with its full parameters, for use outside forward passes (an EMA update, a copy, export).
-
-    DeepSpeed ZeRO-3 partitions parameters across ranks (each holds an empty tensor and a shard): here
-    they are gathered on every rank, and re-partitioned on exit (with ``modify``, the main rank's changes
-    are kept). Every rank must enter the block together. Elsewhere this is a no-op.
-    """
-    partitioned = [p for p in module.parameters() if hasattr(p, "ds_id")]
-    if not partitioned:
-        yield module
-        return
-    import deepspeed  # only ZeRO-3 parameters carry ds_id, so DeepSpeed is installed
-
-    with deepspeed.zero.GatheredParameters(partitioned, modifier_rank=0 if modify else None):
-        yield module
-
-
-def plain_copy(module: nn.Module) -> nn.Module:
-    """A deep copy of ``module`` with full, plain parameters and without the hooks DeepSpeed installs on
-    the modules it manages; for an EMA or an exported network. Every rank must call it together."""
-    with full_parameters(module):
-        memo: dict[int, Any] = {}
-        for p in module.parameters():  # ZeRO-3 parameters carry shards and handles: copy only the values
-            if hasattr(p, "ds_id"):
-                memo[id(p)] = nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad)
-        for m in module.modules():
-            for attr in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks"):
-                hooks = getattr(m, attr, None)
-                if hooks and any(_is_deepspeed(h) for h in hooks.values()):
-                    memo[id(hooks)] = type(hooks)((k, copy.deepcopy(h, memo)) for k, h in hooks.items()
-                                                  if not _is_deepspeed(h))
-            if type(m._parameters) is not dict and any(id(p) in memo for p in m._parameters.values()):
-                memo[id(m._parameters)] = {k: memo.get(id(p), p) for k, p in m._parameters.items()}
-        return copy.deepcopy(module, memo)
-
-
-def _is_deepspeed(hook: Any) -> bool:
-    return getattr(hook, "__module__", "").startswith("deepspeed")
 
 
 def append_dims(x: Tensor, ndim: int) -> Tensor:

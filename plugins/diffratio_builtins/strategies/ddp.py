@@ -10,11 +10,11 @@ choosing the device, and the collectives the engine uses to keep ranks in step (
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Any
 
 import attrs
 import torch
@@ -23,9 +23,10 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from diffratio import DiffRatioError, OptimizerConfig, Strategy, Trainable
-from diffratio_builtins.strategies.single import CompileScope, LocalTrainable, compiled
-
-_positive = attrs.validators.gt(0)
+from diffratio.config import setting
+from diffratio.devices import resolve_device
+from diffratio_builtins.strategies.common import ProcessGroupSettings, autocast, compiled, configure, place
+from diffratio_builtins.strategies.single import LocalTrainable
 
 
 def launcher_env() -> tuple[int, int, int] | None:
@@ -36,21 +37,6 @@ def launcher_env() -> tuple[int, int, int] | None:
         return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0"))
     except ValueError as exc:
         raise DiffRatioError(f"RANK, WORLD_SIZE and LOCAL_RANK must be integers (set by torchrun): {exc}") from exc
-
-
-def pick_device(name: str, local_rank: int) -> torch.device:
-    """``auto``: this rank's GPU (``LOCAL_RANK``) when GPUs are visible, else the CPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cpu":
-        return torch.device("cpu")
-    count = torch.cuda.device_count()
-    if count == 0:
-        raise DiffRatioError("strategy.device = 'cuda' but no CUDA GPU is visible; use device = \"cpu\" or \"auto\"")
-    if local_rank >= count:
-        raise DiffRatioError(f"this process has LOCAL_RANK {local_rank} but only {count} GPU(s) are visible: launch "
-                             f"at most {count} processes per node (torchrun --nproc_per_node {count})")
-    return torch.device("cuda", local_rank)
 
 
 class ProcessGroupStrategy(Strategy):
@@ -66,17 +52,11 @@ class ProcessGroupStrategy(Strategy):
         c = self.config
         env = launcher_env()
         rank, world, local = env if env is not None else (0, 1, 0)
-        self._device = pick_device(c.device, local)
+        self._device = resolve_device(c.device, local)
         backend = c.backend if c.backend != "auto" else ("nccl" if self._device.type == "cuda" else "gloo")
         if backend == "nccl" and self._device.type != "cuda":
             raise DiffRatioError("strategy.backend = 'nccl' needs CUDA devices; use backend = \"gloo\" on CPU")
-        if c.threads > 0:
-            torch.set_num_threads(c.threads)
-        if self._device.type == "cuda":
-            torch.cuda.set_device(self._device)
-            torch.backends.cuda.matmul.allow_tf32 = c.tf32
-            torch.backends.cudnn.allow_tf32 = c.tf32
-            torch.backends.cudnn.benchmark = True
+        configure(c, self._device)
         self._owns_group = not dist.is_initialized()
         if self._owns_group:
             timeout = timedelta(minutes=c.timeout_minutes)
@@ -131,10 +111,8 @@ class ProcessGroupStrategy(Strategy):
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
-    def autocast(self) -> Any:
-        if self.config.precision == "bf16":
-            return torch.autocast(self._device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+    def autocast(self) -> AbstractContextManager[Any]:
+        return autocast(self.config, self._device)
 
     def close(self) -> None:
         """Leave the process group (after every rank got here) if this strategy joined it."""
@@ -152,10 +130,6 @@ class DDPTrainable(LocalTrainable):
     without waiting) so that every rank skips the same steps and the replicas stay identical.
     """
 
-    def __init__(self, module: nn.Module, optim: OptimizerConfig, ddp: nn.Module, forward_only: nn.Module) -> None:
-        super().__init__(module, optim, wrapped=ddp)
-        self._forward_only = forward_only
-
     def agree(self, ok: Tensor) -> Tensor:
         bad = (~ok).to(torch.float32)
         dist.all_reduce(bad, op=dist.ReduceOp.MAX)
@@ -166,29 +140,20 @@ class DDP(ProcessGroupStrategy):
     """Data parallel over processes (``torchrun``): every trained model in DistributedDataParallel."""
 
     @attrs.frozen(kw_only=True)
-    class Config:
-        device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: the GPU of LOCAL_RANK when there are GPUs, else CPU
-        backend: Literal["auto", "nccl", "gloo"] = "auto"  # auto: nccl on GPUs, gloo on CPU
-        precision: Literal["fp32", "bf16"] = "fp32"  # bf16 = autocast of forward passes; weights, Adam in fp32
-        tf32: bool = True  # allow TF32 matrix products on Ampere+ GPUs
-        channels_last: bool = False  # memory format of 4-D image networks on GPU
-        threads: int = 0  # CPU threads for torch per process (0 = torch's default)
-        compile: bool = False  # torch.compile the networks on GPU (ignored on CPU); first steps slower
-        compile_scope: CompileScope = "model"  # model: whole networks; blocks: each repeated block (faster to compile)
-        find_unused_parameters: bool = False  # for networks with parameters that some steps do not use
-        timeout_minutes: float = attrs.field(default=30.0, validator=_positive)
-        # ^ how long a rank waits for the others in a collective (rank 0 evaluates while they wait)
+    class Config(ProcessGroupSettings):
+        find_unused_parameters: bool = setting(False, "for networks with parameters that some steps do not use")
 
     def prepare(self, name: str, module: nn.Module, optim: OptimizerConfig) -> Trainable:
-        """Wrap ``module`` in DDP (rank 0's weights are broadcast to every rank here); frozen forward passes
-        use the unwrapped (or compiled) module."""
-        module = module.to(self._device)
-        if self.config.channels_last and self._device.type == "cuda":
-            module = module.to(memory_format=torch.channels_last)
-        inner = compiled(module, self.config, self._device)
-        ddp = DistributedDataParallel(inner, device_ids=[self._device.index] if self._device.type == "cuda" else None,
-                                      find_unused_parameters=self.config.find_unused_parameters)
-        return DDPTrainable(module, optim, ddp, forward_only=inner)
+        """Wrap the (compiled) module in DDP for training passes (rank 0's weights are broadcast to every
+        rank here); inference passes run the compiled module without the wrapper."""
+        module = place(module, self.config, self._device)
+        run = compiled(module, self.config, self._device)
+        # gradients as views of DDP's all-reduce buckets: no copy between the two in each step, and no second
+        # gradient-sized buffer
+        ddp = DistributedDataParallel(run, device_ids=[self._device.index] if self._device.type == "cuda" else None,
+                                      find_unused_parameters=self.config.find_unused_parameters,
+                                      gradient_as_bucket_view=True)
+        return DDPTrainable(module, optim, train=ddp, infer=run)
 
     def prepare_frozen(self, module: nn.Module) -> nn.Module:
         return compiled(super().prepare_frozen(module), self.config, self._device)

@@ -33,8 +33,10 @@ from diffratio import (
     Trainable,
     full_parameters,
 )
-from diffratio_builtins.strategies.ddp import ProcessGroupStrategy, launcher_env, pick_device
-from diffratio_builtins.strategies.single import CompileScope, compile_blocks, compiled
+from diffratio.config import setting
+from diffratio.devices import resolve_device
+from diffratio_builtins.strategies.common import ProcessGroupSettings, compile_blocks, compiled, compiles, place
+from diffratio_builtins.strategies.ddp import ProcessGroupStrategy, launcher_env
 
 #: DeepSpeed's tag (sub-folder) of each model's checkpoint inside a diffratio checkpoint folder
 TAG = "ds"
@@ -137,8 +139,7 @@ def hold_bf16_weights(module: nn.Module) -> None:
     ``c_in``, ``c_noise``), which ``EDMDenoiser`` and ``ClassifierRatio`` compute inside the prepared
     module in the dtype of ``x``. Buffers stay fp32 (DeepSpeed casts parameters only);
     a backbone that adds one to its activations casts it to its weights' dtype first (DiT's fixed sin/cos
-    position embedding), so that its residual stream is bf16 too. Meant for speed; its effect on quality
-    is not measured (docs/scale.md)."""
+    position embedding), so that its residual stream is bf16 too (docs/scale.md)."""
     for m in module.modules():
         if m is module or any(True for _ in m.parameters(recurse=False)):
             m.register_forward_pre_hook(cast_inputs_to_weights, with_kwargs=True)
@@ -146,21 +147,29 @@ def hold_bf16_weights(module: nn.Module) -> None:
 
 
 class DeepSpeedTrainable(Trainable):
-    """A model in its DeepSpeed engine.
+    """A model in its DeepSpeed engine: ``forward`` runs the engine, ``infer`` and ``model`` the module inside
+    it (compiled in place where the strategy compiles; with ZeRO-3 its parameters are partitioned: use
+    ``diffratio.full_parameters`` to read them outside a forward pass).
 
-    ``module`` is the engine (forward passes that train), ``raw`` the model inside it (with ZeRO-3 its
-    parameters are partitioned: use ``diffratio.full_parameters`` to read them outside a forward pass).
     A non-finite step is skipped by DeepSpeed itself: it checks the global gradient norm and drops the
-    update on every rank; a non-finite loss is turned into non-finite gradients to reach that check.
+    update on every rank (that check waits for the device inside DeepSpeed); a non-finite loss is turned
+    into non-finite gradients to reach it.
     """
 
     def __init__(self, name: str, engine: Any, device: torch.device, optim: OptimizerConfig) -> None:
         self.name = name
         self.engine = engine
+        self.model = engine.module
         self.optim = optim
-        self.module = engine
-        self.raw = engine.module
         self.device = device
+        self._flags = tuple(torch.tensor(v, device=device) for v in (False, True))  # last_step_ok, by value
+        self.last_step_ok = self._flags[1]
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.engine(*args, **kwargs)
+
+    def infer(self, *args: Any, **kwargs: Any) -> Any:
+        return self.model(*args, **kwargs)
 
     def backward(self, loss: Tensor) -> None:
         # x * (1 + 0) is x bit for bit; a non-finite loss makes every gradient NaN, which DeepSpeed skips
@@ -168,9 +177,14 @@ class DeepSpeedTrainable(Trainable):
         self.engine.backward(loss * (1 + poison))
 
     def step(self) -> dict[str, Tensor]:
+        """DeepSpeed's step; ``grad_norm`` is its global gradient norm (inf when it skipped the step, NaN where
+        its configuration computes none)."""
         self.engine.step()
-        self.last_step_ok = bool(self.engine.was_step_applied())
-        norm = self.engine.get_global_grad_norm() if self.last_step_ok else math.inf
+        applied = bool(self.engine.was_step_applied())
+        self.last_step_ok = self._flags[applied]
+        norm = self.engine.get_global_grad_norm() if applied else math.inf
+        if isinstance(norm, Tensor):
+            return {"grad_norm": norm.detach().float().reshape(()).to(self.device)}
         return {"grad_norm": torch.tensor(math.nan if norm is None else float(norm), device=self.device)}
 
     def set_lr(self, lr: float) -> None:
@@ -182,8 +196,8 @@ class DeepSpeedTrainable(Trainable):
         """The consolidated weights (gathered under ZeRO-3; every rank calls it), for sampling and
         ``method.init``, in fp32 (bf16 weights of ``bf16-weights`` are widened; the fp32 master weights
         stay in DeepSpeed's files); weights and optimiser resume from those files (``save_files``)."""
-        with full_parameters(self.raw):
-            model = {k: _fp32(v.detach()).cpu().clone() for k, v in self.raw.state_dict().items()}
+        with full_parameters(self.model):
+            model = {k: _fp32(v.detach()).cpu().clone() for k, v in self.model.state_dict().items()}
         return {"model": model, "deepspeed": self.name}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -213,30 +227,21 @@ class DeepSpeed(ProcessGroupStrategy):
     resizable = False
 
     @attrs.frozen(kw_only=True)
-    class Config:
-        zero_stage: int = attrs.field(default=2, validator=attrs.validators.in_((1, 2, 3)))
-        # ^ ZeRO stage: 1 partitions Adam's moments, 2 also the gradients, 3 also the weights
-        precision: Literal["fp32", "bf16", "bf16-weights"] = "fp32"  # fp32: all fp32; bf16: autocast, fp32 weights
-        # ^ bf16-weights: DeepSpeed's bf16 mode, bf16 weights over fp32 master weights and Adam (docs/scale.md)
-        device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: the GPU of LOCAL_RANK when there are GPUs, else CPU
-        backend: Literal["auto", "nccl", "gloo"] = "auto"  # auto: nccl on GPUs, gloo on CPU
-        tf32: bool = True  # allow TF32 matrix products on Ampere+ GPUs
-        threads: int = 0  # CPU threads for torch per process (0 = torch's default)
-        timeout_minutes: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
-        # ^ how long a rank waits for the others in a collective (rank 0 evaluates while they wait)
-        # torch.compile each model in place on GPU (DeepSpeed's engine.compile; ignored on CPU); parameter names
-        # and checkpoints are unchanged; measured on the ImageNet-512 step in docs/scale.md
-        compile: bool = False
-        compile_scope: CompileScope = "model"  # model: whole networks; blocks: each repeated block (faster to compile)
-        # DeepSpeed config merged into every engine's, table by table, over what the strategy sets, for
-        # experiments (DeepSpeed checks the keys); e.g. {bf16 = {check_grad_overflow = false}} drops the
-        # per-gradient overflow check of bf16-weights and with it the skipping of non-finite steps (docs/scale.md)
-        engine_config: dict[str, Any] = attrs.Factory(dict)
+    class Config(ProcessGroupSettings):
+        precision: Literal["fp32", "bf16", "bf16-weights"] = setting(
+            "fp32", "fp32: all fp32; bf16: autocast over fp32 weights and Adam; bf16-weights: DeepSpeed's bf16 mode, "
+            "bf16 weights over fp32 master weights and Adam (docs/scale.md)")
+        zero_stage: Literal[1, 2, 3] = setting(2, "ZeRO stage: 1 partitions Adam's moments, 2 also the gradients, "
+                                               "3 also the weights")
+        engine_config: dict[str, Any] = setting(
+            factory=dict, doc="DeepSpeed config merged into every engine's, table by table, over what the strategy "
+            "sets (DeepSpeed checks the keys); e.g. {bf16 = {check_grad_overflow = false}} drops the overflow check "
+            "of bf16-weights and with it the skipping of non-finite steps")
 
     def __init__(self, config: Config | None = None) -> None:
         config = config if config is not None else self.Config()
         env = launcher_env()
-        self._ds = import_deepspeed(pick_device(config.device, env[2] if env else 0))
+        self._ds = import_deepspeed(resolve_device(config.device, env[2] if env else 0))
         super().__init__(config)  # joins the process group; DeepSpeed then uses it
         if env is None:  # DeepSpeed's engines read it even in one process (RANK stays unset: no launcher)
             os.environ.setdefault("LOCAL_RANK", "0")
@@ -247,17 +252,18 @@ class DeepSpeed(ProcessGroupStrategy):
         """One DeepSpeed engine with its own Adam for ``module`` (rank 0's weights are broadcast)."""
         if name in self._trainables:
             raise DiffRatioError(f"strategy 'deepspeed': two models named {name!r}; names must be unique")
+        module = place(module, self.config, self._device)
         params = [p for p in module.parameters() if p.requires_grad]
-        engine, *_ = self._ds.initialize(model=module.to(self._device), model_parameters=params,
+        engine, *_ = self._ds.initialize(model=module, model_parameters=params,
                                          config=merge_config(engine_config(optim, self.config.zero_stage,
                                                                            self.config.precision),
                                                              self.config.engine_config),
                                          dist_init_required=False)
         if self.config.precision == "bf16-weights":
             hold_bf16_weights(engine.module)
-        if self.config.compile and self._device.type == "cuda":
+        if compiles(self.config, self._device):
             if self.config.compile_scope == "model":
-                engine.compile()  # nn.Module.compile in place: the engine and forward-only passes both use it
+                engine.compile()  # compiles engine.module in place: training and inference passes both run it
             else:
                 compile_blocks(engine.module)
         trainable = DeepSpeedTrainable(name, engine, self._device, optim)
