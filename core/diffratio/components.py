@@ -26,6 +26,7 @@ from diffratio.errors import DiffRatioError
 
 if TYPE_CHECKING:
     from diffratio.engine import RunContext
+    from diffratio.inference import InferenceContext
 
 
 @attrs.frozen(kw_only=True)
@@ -175,7 +176,7 @@ class Divergence(Component, ABC):
 
 
 class NoiseSchedule(Component, ABC):
-    """How noise levels are drawn and how each loss weights them."""
+    """How noise levels sigma are drawn. How each loss weights them is the method's choice."""
 
     def __init__(self, config: Any = None) -> None:
         self.config = config if config is not None else self.Config()
@@ -183,14 +184,6 @@ class NoiseSchedule(Component, ABC):
     @abstractmethod
     def sample(self, n: int, device: torch.device | str = "cpu") -> Tensor:
         """Draw ``n`` noise levels sigma, shape (n,)."""
-
-    @abstractmethod
-    def generator_weight(self, sigma: Tensor) -> Tensor:
-        """``w(sigma)`` of the generator loss (docs/method.md section 3)."""
-
-    def ratio_weight(self, sigma: Tensor) -> Tensor:
-        """``lambda(sigma)`` of the ratio (logistic) loss; 1 unless a schedule says otherwise."""
-        return torch.ones_like(sigma)
 
     @staticmethod
     def noise(x: Tensor, sigma: Tensor) -> Tensor:
@@ -261,7 +254,8 @@ class Metric(Component, ABC):
 class EvalContext:
     """What a metric sees: a sampler of the current model, the data set and the run."""
 
-    sample: Callable[[int], Tensor]  # n -> generated samples (n, *data_shape), on CPU
+    #: n -> generated samples (n, *data_shape), on CPU
+    sample: Callable[[int], Tensor]
     dataset: Dataset
     device: torch.device
     run_dir: str
@@ -449,35 +443,121 @@ class Strategy(Component, ABC):
         return contextlib.nullcontext()
 
 
+@attrs.frozen
+class DataInfo:
+    """What the inference networks need to know of the data: shape of one sample, class count (0 =
+    unconditional) and EDM's sigma_data."""
+
+    data_shape: tuple[int, ...]
+    num_labels: int
+    sigma_data: float
+
+
+class Sampler(ABC):
+    """The inference half of a trained method: the networks that draw samples, and nothing else.
+
+    A method holds one while it trains (its EMA networks) and builds one from a run's config and exported
+    weights alone (``Method.build_sampler``): ``dr-sample``, the verifier and exports use only this.
+    """
+
+    #: the one-step generator that draws samples (EMA weights); None for a method that samples otherwise
+    generator: Generator | None = None
+    #: the trained ratio estimator, the verifier of ``dr-sample --candidates``; None for a method without one
+    ratio: RatioEstimator | None = None
+    #: the noise level at which ``ratio`` scores candidates by default; None: the verifier's default
+    verifier_sigma: float | None = None
+
+    @abstractmethod
+    def sample(self, n: int, class_labels: Tensor | None = None) -> Tensor:
+        """``n`` samples (float32, on the device); labels drawn uniformly when the data are labelled and none
+        are given."""
+
+    @abstractmethod
+    def networks(self) -> dict[str, nn.Module]:
+        """The inference networks by name: what ``export`` writes and ``load`` reads."""
+
+    def export(self) -> dict[str, dict[str, Tensor]]:
+        """The weights of ``networks()`` as full, plain tensors on the CPU (every rank calls it together)."""
+        out = {}
+        for name, net in self.networks().items():
+            with full_parameters(net):
+                out[name] = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+        return out
+
+    def load(self, weights: Mapping[str, Mapping[str, Tensor]]) -> None:
+        """Load what ``export`` wrote; a missing network is a ``DiffRatioError`` naming it."""
+        for name, net in self.networks().items():
+            if name not in weights:
+                raise DiffRatioError(f"the weights hold no {name!r} network (they hold {sorted(weights)}); they "
+                                     "were written for another method or recipe")
+            net.load_state_dict(weights[name])
+
+
 class Method(Component, ABC):
     """One training step's losses for a family of models: ``diffratio``, ``vsd``, ``edm``.
 
     A method builds its models in ``__init__`` from the run context (which resolves the recipe's
     backbone, generator, ratio, divergence and schedule tables), asks the strategy to place them,
     and exposes every stateful object through ``state_dict`` so that checkpoints hold all of it.
+
+    Inference goes through ``sampler`` (set in ``__init__``), the EMA networks that ``sample`` uses.
+    ``build_sampler`` builds the same networks from a run's config alone, and ``inference_weights`` picks
+    their weights out of a training checkpoint, so sampling a finished run builds no optimiser and loads no
+    training data.
     """
 
     #: component kinds (recipe tables) this method uses besides dataset, strategy, metrics, loggers
     uses: ClassVar[tuple[str, ...]] = ()
+    #: the networks that draw samples, with the weights being trained (EMA where the method keeps one)
+    sampler: Sampler
 
     def __init__(self, config: Any, *, ctx: RunContext) -> None:
         self.config = config
         self.ctx = ctx
 
     @abstractmethod
-    def train_step(self, step: int) -> dict[str, float]:
-        """Run one iteration (ratio steps then one generator step, say); return scalars to log.
+    def train_step(self, step: int) -> dict[str, Tensor]:
+        """Run one step of the loop (a warm-up update, or ratio steps then one generator step); return 0-d
+        tensors to log, without waiting for the device.
 
-        Call each trained model's ``Trainable.schedule_lr(step, ctx.settings.steps)`` first, so that the
-        learning-rate decay of its ``OptimizerConfig`` applies.
-
-        Return values may be 0-d tensors; the engine reads one finite-check of their sum per step and
-        averages them only when logging. Return each network's ``grad_norm`` so non-finite steps are counted.
+        Call each trained model's ``Trainable.schedule_lr`` first, so that the learning-rate decay of its
+        ``OptimizerConfig`` applies. The engine reads one finite-check of the values' sum per step and averages
+        them only when logging; return each network's ``grad_norm`` so non-finite steps are counted.
         """
 
-    @abstractmethod
     def sample(self, n: int, class_labels: Tensor | None = None) -> Tensor:
-        """Draw ``n`` samples of the model being trained (EMA weights where the method keeps them)."""
+        """Draw ``n`` samples of the model being trained (``sampler.sample``)."""
+        return self.sampler.sample(n, class_labels)
+
+    @classmethod
+    @abstractmethod
+    def build_sampler(cls, config: Any, *, ctx: InferenceContext) -> Sampler:
+        """The inference networks of a run with method config ``config``, untrained: ``Sampler.load`` then
+        reads their weights (``inference_weights`` of a checkpoint, or an export)."""
+
+    @classmethod
+    @abstractmethod
+    def inference_weights(cls, state: Mapping[str, Any]) -> dict[str, dict[str, Tensor]]:
+        """The weights ``Sampler.load`` reads, taken from this method's ``state_dict`` as checkpointed."""
+
+    @classmethod
+    def inference_data(cls, state: Mapping[str, Any]) -> DataInfo | None:
+        """What inference needs to know of the data, from this method's checkpointed ``state_dict`` (which
+        keeps ``self.data_info()`` under ``"data"``); None for a checkpoint without it."""
+        data = state.get("data")
+        return None if data is None else DataInfo(tuple(data["data_shape"]), int(data["num_labels"]),
+                                                  float(data["sigma_data"]))
+
+    def data_info(self) -> dict[str, Any]:
+        """``DataInfo`` of the run's data as plain values, for ``state_dict()["data"]``."""
+        return {"data_shape": list(self.ctx.data_shape), "num_labels": self.ctx.num_labels,
+                "sigma_data": float(self.ctx.dataset.sigma_data)}
+
+    @classmethod
+    def pretrained_denoiser(cls, weights: Mapping[str, Mapping[str, Tensor]]) -> dict[str, Tensor] | None:
+        """The plain ``EDMDenoiser`` state dict these inference weights offer for initialising other methods
+        (``method.init``), or None when the method trains no diffusion denoiser."""
+        return None
 
     @abstractmethod
     def state_dict(self) -> dict[str, Any]: ...
@@ -576,5 +656,3 @@ def append_dims(x: Tensor, ndim: int) -> Tensor:
     """Reshape a (B,) tensor to broadcast against a tensor of ``ndim`` dimensions."""
     return x.reshape(-1, *([1] * (ndim - 1)))
 
-
-LOG2 = math.log(2.0)
