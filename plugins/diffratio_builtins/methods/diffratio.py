@@ -14,7 +14,7 @@ import attrs
 import torch
 from torch import Tensor
 
-from diffratio import OptimizerConfig, count_parameters
+from diffratio import OptimizerConfig, Trainable, count_parameters
 from diffratio.config import setting
 from diffratio.losses import Weighting, accuracy, apply_weighting, generator_loss, ratio_loss
 from diffratio.verifier import DEFAULT_VERIFIER_SIGMA
@@ -50,9 +50,13 @@ class DiffRatio(OneStepMethod):
             ratio.init_from_denoiser(generator.denoiser.state_dict())
         self.divergence = ctx.build_divergence()
         super().__init__(config, ctx=ctx, generator=generator, aux=ratio)
-        self.ratio = self.aux
-        self.sampler.ratio = self.ratio.model
+        self.sampler.ratio = self.aux.model
         self.sampler.verifier_sigma = config.verifier_sigma
+
+    @property
+    def ratio(self) -> Trainable:
+        """The ratio estimator as trained (``aux``)."""
+        return self.aux
 
     @property
     def aux_optimizer(self) -> OptimizerConfig:

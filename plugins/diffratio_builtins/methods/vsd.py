@@ -17,7 +17,7 @@ import attrs
 import torch
 from torch import Tensor
 
-from diffratio import OptimizerConfig, append_dims, count_parameters
+from diffratio import DiffRatioError, OptimizerConfig, Trainable, append_dims, count_parameters
 from diffratio.config import setting
 from diffratio.losses import denoising_loss
 from diffratio_builtins.methods.common import load_denoiser_weights
@@ -72,6 +72,9 @@ class VSD(OneStepMethod):
                                             "of the loop", ge=0)
 
     def __init__(self, config: Config, *, ctx: RunContext) -> None:
+        if not config.init:
+            raise DiffRatioError("the vsd method needs method.init: the run directory of an `edm` pretraining "
+                                 "(its EMA denoiser is the teacher)")
         generator = ctx.build_generator()
         teacher = ctx.build_denoiser()
         load_denoiser_weights(config.init, teacher, "teacher", ctx.registry)
@@ -79,7 +82,11 @@ class VSD(OneStepMethod):
         fake = copy.deepcopy(teacher)
         self.teacher = ctx.strategy.prepare_frozen(teacher)  # compiled or in bf16 like the trained models
         super().__init__(config, ctx=ctx, generator=generator, aux=fake)
-        self.fake = self.aux
+
+    @property
+    def fake(self) -> Trainable:
+        """The fake-score denoiser as trained (``aux``)."""
+        return self.aux
 
     @property
     def aux_optimizer(self) -> OptimizerConfig:
