@@ -159,7 +159,7 @@ class RatioEstimator(Component, nn.Module, ABC):
 class Divergence(Component, ABC):
     """An f-divergence ``D_F(p_sigma || q_sigma) = E_q[F(r)]``, ``r = p/q = exp(-f)``.
 
-    The generator loss only needs the weight ``h(f) = r^2 F''(r)`` (docs/method.md section 3).
+    The generator loss only needs the weight ``h(f) = r^2 F''(r)`` (docs/concepts.md section 3).
     ``F`` itself is used by tests and diagnostics.
     """
 

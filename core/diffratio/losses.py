@@ -1,4 +1,4 @@
-"""The two DiffRatio losses (docs/method.md sections 2 and 3), their sigma weightings, and the EDM
+"""The two DiffRatio losses (docs/concepts.md sections 2 and 3), their sigma weightings, and the EDM
 denoising loss (section 6)."""
 
 from __future__ import annotations

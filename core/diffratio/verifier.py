@@ -1,4 +1,4 @@
-"""The learned density ratio as a verifier: inference-time parallel scaling (docs/method.md section 9).
+"""The learned density ratio as a verifier: inference-time parallel scaling (docs/concepts.md section 9).
 
 Draw ``N`` one-step candidates per output in one batched generator pass, score them with one batched
 ratio pass at a small noise level ``sigma_v``: ``log w = -f(x + sigma_v eps, sigma_v)``, an estimate of

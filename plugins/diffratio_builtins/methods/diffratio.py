@@ -1,6 +1,6 @@
 """The DiffRatio method: a time-conditional classifier's logit gradient drives a one-step generator.
 
-One step of the loop (docs/method.md section 5): ``ratio_steps`` logistic-regression steps of the ratio
+One step of the loop (docs/concepts.md section 5): ``ratio_steps`` logistic-regression steps of the ratio
 estimator on generated (label 1) and real (label 0) samples, then one generator step on the surrogate
 loss ``w(sigma) * sg(h(f)) * f(g(z) + sigma eps)`` with the estimator frozen, then the generator EMA.
 """

@@ -1,6 +1,6 @@
 """EDM diffusion pretraining: the initialisation source of ``diffratio`` and the teacher of ``vsd``.
 
-Denoising score matching of an EDM-preconditioned denoiser over the recipe's backbone (docs/method.md
+Denoising score matching of an EDM-preconditioned denoiser over the recipe's backbone (docs/concepts.md
 section 6): ``lambda(sigma) ||D(x + sigma eps, sigma) - x||^2`` with sigma from the run's ``[schedule]``.
 An EMA of the denoiser is kept: it samples (EDM Heun sampler), and it is the pretrained denoiser the
 method offers other methods (``pretrained_denoiser``).

@@ -1,6 +1,6 @@
 """VSD / Diff-Instruct / DMD: the teacher-supervised baseline DiffRatio is compared with.
 
-docs/method.md section 7. A frozen teacher denoiser ``D_phi`` (pretrained by ``edm``), a fake-score
+docs/concepts.md section 7. A frozen teacher denoiser ``D_phi`` (pretrained by ``edm``), a fake-score
 denoiser ``D_psi`` initialised from the teacher and trained by denoising score matching on generated
 samples (``fake_steps`` per generator step), and a one-step generator (initialised from the teacher)
 driven by the reverse-KL gradient ``w(sigma) (s_psi - s_phi)^T d x_sigma / d theta``. Three full
