@@ -1,4 +1,4 @@
-"""The density ratio as a verifier (docs/method.md section 9) on 2-D data with a known ratio.
+"""The density ratio as a verifier (docs/concepts.md section 9) on 2-D data with a known ratio.
 
 Data p: the 8-Gaussian ring; a deliberately wrong generator q = N(0, 1.5^2 I) (too wide, no modes), with
 its exact log density, so ``f = log q_sigma - log p_sigma`` is exact. Sampling-importance-resampling

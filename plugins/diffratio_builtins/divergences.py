@@ -1,6 +1,6 @@
 """Built-in divergences: one f-divergence implementation and its named presets.
 
-The generator loss needs only the weight ``h(f) = r^2 F''(r)`` with ``r = p/q = exp(-f)`` (docs/method.md
+The generator loss needs only the weight ``h(f) = r^2 F''(r)`` with ``r = p/q = exp(-f)`` (docs/concepts.md
 section 3). Each named ``F`` comes with its ``h`` in terms of ``log r = -f`` (stable, no division) and the
 log ratio at which ``h`` reaches a cap ``e^max_log_weight``: the log ratio is clamped there, which bounds the
 weight of rare "real-looking" samples without changing ``h`` below the cap.
