@@ -40,8 +40,8 @@ RECIPES = {"edm": "toy2d-pretrain.toml", "diffratio": "toy2d.toml", "vsd": "toy2
 VARIANTS = {
     "diffratio": ("diffratio", [], "diffratio (dijs), w = 1"),
     "vsd": ("vsd", [], "vsd, w = 1"),
-    "diffratio-w-sigma2": ("diffratio", ["schedule.generator_weighting=sigma2"], "diffratio (dijs), w = sigma^2"),
-    "vsd-w-sigma2": ("vsd", ["schedule.generator_weighting=sigma2"], "vsd, w = sigma^2"),
+    "diffratio-w-sigma2": ("diffratio", ["method.generator_weighting=sigma2"], "diffratio (dijs), w = sigma^2"),
+    "vsd-w-sigma2": ("vsd", ["method.generator_weighting=sigma2"], "vsd, w = sigma^2"),
 }
 
 
