@@ -8,19 +8,16 @@ live in the ``diffratio_builtins`` package and use nothing but that API.
 from diffratio.components import (
     Backbone,
     Component,
-    DataInfo,
     Dataset,
     Divergence,
     EmptyConfig,
     EvalContext,
     Generator,
     Logger,
-    Method,
     Metric,
     NoiseSchedule,
     OptimizerConfig,
     RatioEstimator,
-    Sampler,
     Strategy,
     Trainable,
     append_dims,
@@ -50,6 +47,7 @@ from diffratio.hooks import (
     StrategySpec,
     hookimpl,
 )
+from diffratio.method import DataInfo, Method, Sampler
 
 __version__ = "0.1.0"
 

@@ -18,9 +18,10 @@ import torch
 from torch import Tensor
 
 from diffratio import checkpoint as ckpt
-from diffratio.components import Backbone, DataInfo, Dataset, Generator, Method, RatioEstimator, Sampler, Strategy
+from diffratio.components import Backbone, Dataset, Generator, RatioEstimator, Strategy
 from diffratio.edm import EDMDenoiser
 from diffratio.errors import CheckpointError, DiffRatioError
+from diffratio.method import DataInfo, Method, Sampler
 from diffratio.recipe import Recipe, Resolved, resolve_recipe
 from diffratio.registry import Registry, default_registry
 

@@ -26,8 +26,8 @@ import attrs
 import torch
 from torch import Tensor
 
-from diffratio.components import Sampler
 from diffratio.errors import DiffRatioError
+from diffratio.method import Sampler
 
 #: ``x = generate(z, labels)``: one-step generator, batched.
 Generate = Callable[[Tensor, Tensor | None], Tensor]
