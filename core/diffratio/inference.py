@@ -162,6 +162,9 @@ def _method_class(config: Mapping[str, Any], registry: Registry) -> type[Method]
 def read_export(path: Path) -> dict[str, Any]:
     """The contents of a file written by ``export_sampler``; a clear error for any other file."""
     state = ckpt.load_state(path)
+    if isinstance(state, dict) and state.get("format") == "diffratio-export/1":
+        raise DiffRatioError(f"{path} is an export in the older format diffratio-export/1; export the run again "
+                             "with `dr-sample RUN_DIR --export FILE.pt`")
     if not isinstance(state, dict) or state.get("format") != EXPORT_FORMAT:
         raise DiffRatioError(f"{path} is not a diffratio export (format {EXPORT_FORMAT!r}); write one with "
                              "`dr-sample RUN_DIR --export FILE.pt`, or give a run directory")
