@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import attrs
 import torch
@@ -23,9 +23,6 @@ import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from diffratio.errors import DiffRatioError
-
-if TYPE_CHECKING:
-    pass
 
 
 @attrs.frozen(kw_only=True)
