@@ -58,8 +58,8 @@ class FDivergence(Divergence):
 
     @attrs.frozen(kw_only=True)
     class Config:
-        function: FunctionName = setting("hellinger", "which F: reverse KL, forward KL, Jensen-Shannon, squared "
-                                                      "Hellinger or Pearson chi^2")
+        function: Literal["reverse-kl", "kl", "js", "hellinger", "pearson"] = setting(
+            "hellinger", "which F: reverse KL, forward KL, Jensen-Shannon, squared Hellinger or Pearson chi^2")
         max_log_weight: float = setting(5.0, "cap of log h: bounds the weight of rare real-looking samples")
 
     @property
