@@ -24,14 +24,11 @@ The study of the defaults trains DiffRatio-DiJS variants from the same pretraini
         --methods diffratio-dijs --variant 'sigma_init-1: generator.sigma_init=1.0' \\
         --variant 'ratio_steps-2: method.ratio_steps=2' --variant "w-sigma2: method.generator_weighting='sigma2'"
 
-(docs/results.md section 8; on an H100 two runs sharing a card got 5% more images/s together than one alone.)
-
 A variant's overrides come after everything the script sets, so it may fix its own length, e.g. a
 learning-rate decay over 6000 updates: ``--variant "decay60: run.steps=6000
 method.generator_optimizer.lr_decay='cosine' method.generator_optimizer.lr_decay_start=0.6"``. ``evaluate
 --at-steps 4000,5000`` adds full-size FIDs of every run at those checkpoints (equal updates),
-``--study-curves`` the variants' curves, ``--verified RUN`` samples that run with its verifier
-(docs/results.md section 6, fourth side-by-side).
+``--study-curves`` the variants' curves, ``--verified RUN`` samples that run with its verifier.
 """
 
 from __future__ import annotations

@@ -384,7 +384,7 @@ def measure(recipe: str, sets: list[str], method_name: str, *, steps: int, warmu
             torch.cuda.synchronize(device)
         wall = time.perf_counter() - start
         # of the timed steps alone: read before the profiled steps and the FLOP count, whose step runs eager
-        # (below) and once set the peak of every compiled row (docs/results.md section 5)
+        # (below) and would set the peak of every compiled row
         peak_gib = peak_memory_gib(device)
         aux_ms, gen_ms = timer.total_ms("aux") / steps, timer.total_ms("generator") / steps
         step_s = wall / steps
@@ -398,7 +398,7 @@ def measure(recipe: str, sets: list[str], method_name: str, *, steps: int, warmu
                 f"profiler ({step_s * 1e3:.1f} ms without it)\n\n"
                 + kernel_breakdown(kernels, wall_us, sources=sources))
         # last: a step under the FLOP counter (a dispatch mode) makes torch.compile'd code fall back to eager
-        # for the rest of the process, which once turned the compiled rows into eager ones (docs/results.md)
+        # for the rest of the process, which would turn the following compiled rows into eager ones
         flops = count_flops(train_step, method)
         world = strategy.world_size
         counts = method.parameter_counts()
