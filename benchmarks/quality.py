@@ -22,16 +22,13 @@ The study of the defaults trains DiffRatio-DiJS variants from the same pretraini
 
     python benchmarks/quality.py train --runs runs/quality --gpus 0,1,2,3 --per-gpu 2 --seconds 540 \\
         --methods diffratio-dijs --variant 'sigma_init-1: generator.sigma_init=1.0' \\
-        --variant 'ratio_steps-2: method.ratio_steps=2' --variant "w-sigma2: schedule.generator_weighting='sigma2'"
-
-(docs/results.md section 8; on an H100 two runs sharing a card got 5% more images/s together than one alone.)
+        --variant 'ratio_steps-2: method.ratio_steps=2' --variant "w-sigma2: method.generator_weighting='sigma2'"
 
 A variant's overrides come after everything the script sets, so it may fix its own length, e.g. a
 learning-rate decay over 6000 updates: ``--variant "decay60: run.steps=6000
 method.generator_optimizer.lr_decay='cosine' method.generator_optimizer.lr_decay_start=0.6"``. ``evaluate
 --at-steps 4000,5000`` adds full-size FIDs of every run at those checkpoints (equal updates),
-``--study-curves`` the variants' curves, ``--verified RUN`` samples that run with its verifier
-(docs/results.md section 6, fourth side-by-side).
+``--study-curves`` the variants' curves, ``--verified RUN`` samples that run with its verifier.
 """
 
 from __future__ import annotations
@@ -254,22 +251,23 @@ class Evaluator:
         import torch
 
         from diffratio import fid as fidlib
-        from diffratio.sampling import load_run
+        from diffratio.inference import load_sampler
 
         self.runs, self.fidlib, self.torch = runs, fidlib, torch
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.net = fidlib.InceptionFeatures(weights or None, device=self.device)
-        any_run = load_run(runs / "pretrain")
+        any_run = load_sampler(runs / "pretrain")
         self.dataset = any_run.ctx.dataset
         self.ref = fidlib.reference_stats(self.dataset, self.net, num=pr_num, cache_dir=runs / "cache",
                                           keep_features=True, batch_size=200)
 
     def run(self, job: dict[str, Any]) -> dict[str, Any]:
-        from diffratio.sampling import draw, load_run
+        from diffratio.inference import load_sampler
+        from diffratio.sampling import draw
         from diffratio.verifier import verifier_sigma_of
 
         sync = self.torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
-        run = load_run(self.runs / job["run"], step=job["step"])
+        run = load_sampler(self.runs / job["run"], step=job["step"])
         kw = {}
         if job.get("candidates", 1) > 1:
             kw = {"candidates": job["candidates"], "select": job["select"], "verifier_sigma": job["sigma"]}
@@ -283,7 +281,7 @@ class Evaluator:
         gen = self.fidlib.FeatureStats.from_features(feats)
         out = {**job, "fid": gen.frechet_distance(self.ref, device=self.device), "train_seconds": run.train_seconds,
                "sample_ms_per_image": 1e3 * seconds / job["num"],
-               "evaluations": getattr(run.method.config, "sample_steps", 0) * 2 - 1 if job["run"] == "pretrain"
+               "evaluations": run.config["method"]["sample_steps"] * 2 - 1 if job["run"] == "pretrain"
                else job.get("candidates", 1)}
         if job["kind"] != "curve" and self.ref.features is not None:
             n = min(len(feats), len(self.ref.features))
@@ -291,7 +289,7 @@ class Evaluator:
                                                                            device=self.device)
         if diag:
             out["mean_ess"] = float(diag["ess"].mean())
-            out["sigma"] = verifier_sigma_of(run) if job["sigma"] is None else job["sigma"]  # the one used
+            out["sigma"] = verifier_sigma_of(run.sampler) if job["sigma"] is None else job["sigma"]  # the one used
         if job["kind"] == "final":  # the first 100 images, for a picture of each final generator
             np.savez_compressed(self.runs / "eval" / f"samples-{job['run']}.npz", images=images[:100].numpy())
         return out

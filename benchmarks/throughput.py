@@ -12,9 +12,10 @@ with the ``--set`` overrides, then the variant's, and calls ``method.train_step`
 finite check (``engine.NonFiniteGuard``), as the training loop does: ``--warmup`` steps, one step under
 ``torch.utils.flop_counter.FlopCounterMode``, then ``--steps`` timed steps. The recipe's method table is
 mapped onto the other method (generator and auxiliary optimisers, steps per generator step); ``method.init``
-is cleared (weights do not change the speed: the VSD teacher is random too) and warm-up steps are off.
+is cleared (weights do not change the speed: the VSD teacher is an untrained ``edm`` export) and warm-up steps
+are off.
 
-Times: CUDA events around ``ratio_step`` / ``fake_step`` and ``generator_step`` (perf_counter on CPU); the
+Times: CUDA events around ``aux_step`` (ratio estimator / fake score) and ``generator_step`` (perf_counter on CPU); the
 step time is wall time over the timed steps, so "other" is the finite check and gaps (each method's EMA
 update is inside its generator step). MFU =
 counted FLOPs per step / step time / the card's dense bf16 peak (H100 SXM and H200: 989 TFLOP/s; or
@@ -55,11 +56,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import attrs
 import torch
 from torch import nn
 
 from diffratio import Backbone, Trainable
+from diffratio.edm import EDMDenoiser
 from diffratio.engine import NonFiniteGuard, build_run
+from diffratio.inference import EXPORT_FORMAT
 from diffratio.recipe import apply_sets, read_recipe_text, resolve_recipe
 from diffratio.registry import default_registry
 
@@ -70,7 +74,6 @@ EXCEPTION_LINE = re.compile(r"\b\w+(Error|Exception)\b: ")
 PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "A100": 312.0}
 COLUMNS = ("variant", "method", "batch", "images/s", "step ms", "aux step ms", "generator step ms", "other ms",
            "peak GiB", "TFLOP/step", "TFLOP/s", "MFU", "params (M)")
-AUX_STEP = {"diffratio": "ratio_step", "vsd": "fake_step"}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -83,7 +86,9 @@ def method_table(source: dict[str, Any], name: str) -> dict[str, Any]:
     network's optimiser and steps per generator step carried over, no initialisation, no warm-up."""
     aux_opt = source.get("ratio_optimizer", source.get("fake_optimizer"))
     aux_steps = source.get("ratio_steps", source.get("fake_steps"))
-    out: dict[str, Any] = {"name": name, "init": ""}
+    out: dict[str, Any] = {"name": name}
+    if name == "vsd":
+        out["init"] = "untrained-teacher.pt"  # replaced by random_teacher's file in measure
     if "generator_optimizer" in source:
         out["generator_optimizer"] = source["generator_optimizer"]
     if "ema_decay" in source:
@@ -95,6 +100,22 @@ def method_table(source: dict[str, Any], name: str) -> dict[str, Any]:
         out[f"{prefix}_steps"] = aux_steps
     out[f"warmup_{prefix}_steps"] = 0
     return out
+
+
+def random_teacher(resolved: Any, folder: Path) -> Path:
+    """An export of an untrained ``edm`` run with the row's backbone and data, the VSD teacher of a row (its
+    weights do not change the speed); ``load_pretrained_denoiser`` reads it like a trained one."""
+    comps = resolved.components
+    data = comps["dataset"].cls(comps["dataset"].config)
+    b = comps["backbone"]
+    backbone = b.cls(b.config, data_shape=data.data_shape, num_labels=data.num_labels, mode="full")
+    denoiser = EDMDenoiser(backbone, sigma_data=data.sigma_data)
+    path = folder / "untrained-teacher.pt"
+    torch.save({"format": EXPORT_FORMAT, "config": {"method": {"name": "edm"}}, "step": 0,
+                "data": {"data_shape": list(data.data_shape), "num_labels": data.num_labels,
+                         "sigma_data": float(data.sigma_data)},
+                "weights": {"denoiser": denoiser.state_dict()}}, path)
+    return path
 
 
 def row_recipe(recipe: str, sets: list[str], method: str) -> Any:
@@ -159,7 +180,7 @@ def networks(method: Any) -> list[nn.Module]:
     out = []
     for value in vars(method).values():
         if isinstance(value, Trainable):
-            out.append(value.raw)
+            out.append(value.model)
         elif isinstance(value, nn.Module):
             out.append(value)
     return out
@@ -332,13 +353,15 @@ def measure(recipe: str, sets: list[str], method_name: str, *, steps: int, warmu
     """Build one row's run and time it; return the row's numbers (see the module docstring)."""
     resolved = row_recipe(recipe, sets, method_name)
     with tempfile.TemporaryDirectory(prefix="throughput-") as tmp:
+        if method_name == "vsd":
+            m = resolved.components["method"]
+            teacher = str(random_teacher(resolved, Path(tmp)))
+            resolved.components["method"] = attrs.evolve(m, config=attrs.evolve(m.config, init=teacher))
         run = build_run(resolved, Path(tmp), default_registry())
         method, strategy = run.method, run.ctx.strategy
         device = strategy.device
-        if method_name == "vsd":
-            method.teacher_loaded = True  # a random teacher: the speed and memory are those of a trained one
         timer = PhaseTimer(device)
-        timer.wrap(method, AUX_STEP[method_name], "aux")
+        timer.wrap(method, "aux_step", "aux")
         timer.wrap(method, "generator_step", "generator")
         guard = NonFiniteGuard(limit=10**9)
         step = 0
@@ -361,7 +384,7 @@ def measure(recipe: str, sets: list[str], method_name: str, *, steps: int, warmu
             torch.cuda.synchronize(device)
         wall = time.perf_counter() - start
         # of the timed steps alone: read before the profiled steps and the FLOP count, whose step runs eager
-        # (below) and once set the peak of every compiled row (docs/results.md section 5)
+        # (below) and would set the peak of every compiled row
         peak_gib = peak_memory_gib(device)
         aux_ms, gen_ms = timer.total_ms("aux") / steps, timer.total_ms("generator") / steps
         step_s = wall / steps
@@ -375,7 +398,7 @@ def measure(recipe: str, sets: list[str], method_name: str, *, steps: int, warmu
                 f"profiler ({step_s * 1e3:.1f} ms without it)\n\n"
                 + kernel_breakdown(kernels, wall_us, sources=sources))
         # last: a step under the FLOP counter (a dispatch mode) makes torch.compile'd code fall back to eager
-        # for the rest of the process, which once turned the compiled rows into eager ones (docs/results.md)
+        # for the rest of the process, which would turn the following compiled rows into eager ones
         flops = count_flops(train_step, method)
         world = strategy.world_size
         counts = method.parameter_counts()

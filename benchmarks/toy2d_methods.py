@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -35,13 +36,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = {"edm": "toy2d-pretrain.toml", "diffratio": "toy2d.toml", "vsd": "toy2d-vsd.toml"}
 #: what is trained from each pretraining: (method, extra --set values, label). The recipes share w(sigma) = 1
-#: (chosen for diffratio in docs/results.md); the sigma^2 rows show how each method fares with the other
+#: (the diffratio recipes' choice); the sigma^2 rows show how each method fares with the other
 #: usual weighting, so that the comparison is not decided by one method's tuned setting alone.
 VARIANTS = {
     "diffratio": ("diffratio", [], "diffratio (dijs), w = 1"),
     "vsd": ("vsd", [], "vsd, w = 1"),
-    "diffratio-w-sigma2": ("diffratio", ["schedule.generator_weighting=sigma2"], "diffratio (dijs), w = sigma^2"),
-    "vsd-w-sigma2": ("vsd", ["schedule.generator_weighting=sigma2"], "vsd, w = sigma^2"),
+    "diffratio-w-sigma2": ("diffratio", ["method.generator_weighting=sigma2"], "diffratio (dijs), w = sigma^2"),
+    "vsd-w-sigma2": ("vsd", ["method.generator_weighting=sigma2"], "vsd, w = sigma^2"),
 }
 
 
@@ -81,6 +82,13 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
             "ratio": last["energy-distance/ratio"], "parameters": info.get("parameters", {})}
 
 
+def warmup_steps(method: str) -> int:
+    """The recipe's warm-up updates of the ratio estimator / fake score: loop steps before the first
+    generator step."""
+    table = tomllib.loads((ROOT / "recipes" / RECIPES[method]).read_text())["method"]
+    return int(table.get("warmup_ratio_steps", table.get("warmup_fake_steps", 0)))
+
+
 def timing(ds: str, pre: Path, steps: int, rounds: int, tmp: Path, batch: int) -> dict[str, dict[str, float]]:
     """Median wall and CPU milliseconds per training step of diffratio and vsd, measured in one process
     in alternating bursts of ``steps`` steps (so that both see the same machine load)."""
@@ -98,16 +106,19 @@ def timing(ds: str, pre: Path, steps: int, rounds: int, tmp: Path, batch: int) -
         recipe = load_recipe(ROOT / "recipes" / RECIPES[name], sets, registry=registry)
         methods[name] = build_run(recipe, tmp / name, registry).method
     torch.set_num_threads(1)
-    for m in methods.values():  # the first step runs the warm-up (ratio / fake) steps
-        for i in range(5):
+    done = {}
+    for name, m in methods.items():  # the warm-up (ratio / fake) steps, then a few generator steps
+        done[name] = warmup_steps(name) + 5
+        for i in range(done[name]):
             m.train_step(i)
     wall: dict[str, list[float]] = {n: [] for n in methods}
     cpu: dict[str, list[float]] = {n: [] for n in methods}
     for r in range(rounds):
         for name in (list(methods) if r % 2 == 0 else list(reversed(methods))):
             t0, c0 = time.perf_counter(), time.process_time()
-            for i in range(steps):
+            for i in range(done[name], done[name] + steps):
                 methods[name].train_step(i)
+            done[name] += steps
             wall[name].append((time.perf_counter() - t0) / steps * 1000)
             cpu[name].append((time.process_time() - c0) / steps * 1000)
     return {n: {"wall_ms": statistics.median(wall[n]), "cpu_ms": statistics.median(cpu[n])} for n in methods}
@@ -148,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--steps", type=int, default=3000, help="generator steps of diffratio and vsd")
     ap.add_argument("--batch", type=int, default=256,
-                    help="batch of diffratio and vsd (256 as measured in results.md s.4; the recipes now use 1024)")
+                    help="batch of diffratio and vsd (the recipes use 1024)")
     ap.add_argument("--pretrain-steps", type=int, default=4000)
     ap.add_argument("--jobs", type=int, default=2, help="training runs at a time (timing is measured apart)")
     ap.add_argument("--timing-steps", type=int, default=40, help="steps per burst of the timing phase")
@@ -177,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             method, extra = "edm", [f"run.steps={args.pretrain_steps}"]
         else:
             method, vsets, _ = VARIANTS[variant]
-            extra = [f"run.steps={args.steps}", f"run.batch_size={args.batch}",
+            extra = [f"run.steps={args.steps + warmup_steps(method)}", f"run.batch_size={args.batch}",
                      f"method.init={json.dumps(_rel(pre_dir(ds, seed)))}", *vsets]
         run_dir = pre_dir(ds, seed) if variant == "edm" else args.runs / f"{ds}-{variant}-s{seed}"
         row = {"dataset": ds, "seed": seed, "method": variant,

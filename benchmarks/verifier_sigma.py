@@ -82,9 +82,10 @@ def table(title: str, samplers: list[Sampler], held_out: Tensor, floor: float, m
 
 
 def run_setting(path: str, args: argparse.Namespace) -> None:
-    from diffratio.sampling import draw, load_run
+    from diffratio.inference import load_sampler
+    from diffratio.sampling import draw
 
-    run = load_run(path)
+    run = load_sampler(path)
     dataset = run.ctx.dataset
     mixture = getattr(dataset, "mixture", None)
     if mixture is None:

@@ -17,8 +17,8 @@ from click.testing import CliRunner
 from torch import Tensor, nn
 
 from diffratio.analytic import GaussianMixture
-from diffratio.checkpoint import load_pretrained_denoiser
 from diffratio.cli import train
+from diffratio.inference import load_pretrained_denoiser
 from diffratio.losses import generator_loss
 from diffratio_builtins.divergences import ReverseKL
 from diffratio_builtins.methods.vsd import score_difference, vsd_generator_loss
@@ -91,7 +91,7 @@ def test_vsd_from_edm_run_dir_and_resume(edm_run: Path, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("which", ["edm", "vsd"])
 def test_dr_sample_of_edm_and_vsd_runs(which: str, edm_run: Path, tmp_path: Path) -> None:
-    """``dr-sample`` rebuilds a finished run without method.init and draws from it."""
+    """``dr-sample`` builds a finished run's sampler (no method.init, no optimiser) and draws from it."""
     import numpy as np
 
     from diffratio.sampling import sample_run
@@ -128,14 +128,14 @@ def test_vsd_and_diffratio_start_from_the_pretrained_ema(edm_run: Path, tmp_path
     pre = load_pretrained_denoiser(edm_run)
     init = f"method.init={json.dumps(str(edm_run))}"
     vsd = build_method("toy2d-vsd.toml", tmp_path / "v", init)
-    for net in (vsd.teacher, vsd.fake.raw, vsd.gen.raw.denoiser):
+    for net in (vsd.teacher, vsd.fake.model, vsd.gen.model.denoiser):
         for k, v in net.state_dict().items():
             torch.testing.assert_close(v, pre[k], rtol=0, atol=0)
     assert not any(p.requires_grad for p in vsd.teacher.parameters())
     dr = build_method("toy2d.toml", tmp_path / "d", init)
-    for k, v in dr.gen.raw.denoiser.state_dict().items():
+    for k, v in dr.gen.model.denoiser.state_dict().items():
         torch.testing.assert_close(v, pre[k], rtol=0, atol=0)
-    torch.testing.assert_close(dr.ratio.raw.backbone.inp.weight, pre["backbone.inp.weight"], rtol=0, atol=0)
+    torch.testing.assert_close(dr.ratio.model.backbone.inp.weight, pre["backbone.inp.weight"], rtol=0, atol=0)
 
 
 def test_vsd_needs_init_and_a_matching_teacher(edm_run: Path, tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The density ratio as a verifier (docs/concepts.md section 9; issue 7) on 2-D data with a known ratio.
+"""The density ratio as a verifier (docs/concepts.md section 9) on 2-D data with a known ratio.
 
 Data p: the 8-Gaussian ring; a deliberately wrong generator q = N(0, 1.5^2 I) (too wide, no modes), with
 its exact log density, so ``f = log q_sigma - log p_sigma`` is exact. Sampling-importance-resampling
@@ -8,8 +8,8 @@ samples on the modes of p/q.
 
 from __future__ import annotations
 
+import contextlib
 import math
-import types
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,8 @@ from diffratio.verifier import (
     sample_with_verifier,
 )
 from diffratio_builtins.backbones.mlp import MLPBackbone
+from diffratio_builtins.methods.edm import EDM, HeunSampler
+from diffratio_builtins.methods.onestep import GeneratorSampler
 from diffratio_builtins.models import ClassifierRatio, EDMGenerator
 
 from conftest import RECIPES, TINY, run_cli, sets
@@ -181,10 +183,11 @@ def test_sir_with_a_learned_ratio_moves_samples_to_the_data() -> None:
 def test_run_verifier_refuses_methods_without_a_ratio_estimator() -> None:
     denoiser = EDMDenoiser(MLPBackbone(MLPBackbone.Config(hidden=8, depth=1), data_shape=(2,)), sigma_data=1.0)
     gen = EDMGenerator(EDMGenerator.Config(), denoiser=denoiser)
-    vsd_like = types.SimpleNamespace(method=types.SimpleNamespace(ema=gen, fake=denoiser))
+    vsd_like = GeneratorSampler(gen, device=torch.device("cpu"), data_shape=(2,), num_labels=0,
+                                autocast=contextlib.nullcontext)
     with pytest.raises(DiffRatioError, match="no ratio estimator"):
         run_verifier(vsd_like)
-    edm_like = types.SimpleNamespace(method=types.SimpleNamespace(ema=denoiser))
+    edm_like = HeunSampler(denoiser, EDM.Config(), device=torch.device("cpu"), data_shape=(2,), num_labels=0)
     with pytest.raises(DiffRatioError, match="no one-step generator"):
         run_verifier(edm_like)
 
@@ -209,7 +212,7 @@ def test_dr_sample_with_candidates_and_export(toy_run: Path, tmp_path: Path) -> 
         assert ((d["ess"] >= 1 - 1e-9) & (d["ess"] <= 4 + 1e-9)).all()
         assert set(np.unique(d["chosen"])) <= {0, 1, 2, 3}
     state = torch.load(tmp_path / "model.pt", weights_only=True)
-    assert {"config", "generator_ema", "ratio"} <= set(state)
+    assert {"config", "data", "weights"} <= set(state) and set(state["weights"]) == {"generator", "ratio"}
     assert state["config"]["method"]["name"] == "diffratio"
 
     # the export alone is enough for sampling with the verifier; best-of-N keeps the largest weight
@@ -221,16 +224,14 @@ def test_dr_sample_with_candidates_and_export(toy_run: Path, tmp_path: Path) -> 
 
 
 def test_export_round_trip_in_python(toy_run: Path, tmp_path: Path) -> None:
-    from diffratio.sampling import draw, export_run, load_run
+    from diffratio.sampling import draw, export_run, load_sampler
 
     path = export_run(toy_run, tmp_path / "m.pt")
-    a, b = load_run(toy_run), load_run(path)
+    a, b = load_sampler(toy_run), load_sampler(path)
     assert a.step == b.step == 30
-    for x, y in zip(a.method.ema.state_dict().values(), b.method.ema.state_dict().values(), strict=True):
-        assert torch.equal(x, y)
-    for x, y in zip(a.method.ratio.raw.state_dict().values(), b.method.ratio.raw.state_dict().values(),
-                    strict=True):
-        assert torch.equal(x, y)
+    for net in ("generator", "ratio"):
+        x, y = a.sampler.networks()[net].state_dict(), b.sampler.networks()[net].state_dict()
+        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
     plain_a, _ = draw(a, 64, seed=3)
     plain_b, _ = draw(b, 64, seed=3)
     assert torch.equal(plain_a, plain_b)
@@ -243,22 +244,20 @@ def test_export_round_trip_in_python(toy_run: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad.pt"
     torch.save({"something": 1}, bad)
     with pytest.raises(DiffRatioError, match="not a diffratio export"):
-        load_run(bad)
+        load_sampler(bad)
 
 
 def test_the_runs_own_verifier_sigma_is_the_default(toy_run: Path) -> None:
     """``method.verifier_sigma`` (a recipe setting, e.g. 0.5 in the image recipes) is what sampling uses unless a
     sigma is given; without it, the library default. Changing it does not block resuming (sampling only)."""
-    import attrs
-
     from diffratio.recipe import HARMLESS_ON_RESUME
-    from diffratio.sampling import draw, load_run
+    from diffratio.sampling import draw, load_sampler
     from diffratio.verifier import verifier_sigma_of
 
-    run = load_run(toy_run)
-    assert verifier_sigma_of(run) == DEFAULT_VERIFIER_SIGMA
-    run.method.config = attrs.evolve(run.method.config, verifier_sigma=0.7)
-    assert verifier_sigma_of(run) == 0.7
+    run = load_sampler(toy_run)
+    assert verifier_sigma_of(run.sampler) == DEFAULT_VERIFIER_SIGMA
+    run.sampler.verifier_sigma = 0.7
+    assert verifier_sigma_of(run.sampler) == 0.7
     _, own = draw(run, 32, seed=5, candidates=4)
     _, given = draw(run, 32, seed=5, candidates=4, verifier_sigma=0.7)
     _, other = draw(run, 32, seed=5, candidates=4, verifier_sigma=DEFAULT_VERIFIER_SIGMA)
@@ -267,9 +266,10 @@ def test_the_runs_own_verifier_sigma_is_the_default(toy_run: Path) -> None:
     assert HARMLESS_ON_RESUME.match("method.verifier_sigma")
 
 
-def test_load_run_of_an_earlier_checkpoint(tmp_path: Path) -> None:
-    """``load_run(..., step=N)`` evaluates a run along its training (benchmarks/quality.py's FID curves)."""
-    from diffratio.sampling import export_run, load_run
+def test_load_sampler_of_an_earlier_checkpoint(tmp_path: Path) -> None:
+    """``load_sampler(..., step=N)`` evaluates a run along its training (benchmarks/quality.py's FID curves)."""
+    from diffratio.sampling import export_run
+    from diffratio.sampling import load_sampler as load_run
 
     run_dir = tmp_path / "run"
     res = run_cli("dr-train", str(RECIPES / "toy2d.toml"), "--run-dir", str(run_dir), "--no-progress",
@@ -279,8 +279,8 @@ def test_load_run_of_an_earlier_checkpoint(tmp_path: Path) -> None:
     latest = load_run(run_dir)
     assert [runs[10].step, runs[20].step, latest.step] == [10, 20, 30]
     assert 0 < runs[10].train_seconds < runs[20].train_seconds < latest.train_seconds
-    first = next(iter(runs[10].method.ema.state_dict().values()))
-    assert not torch.equal(first, next(iter(latest.method.ema.state_dict().values())))
+    first = next(iter(runs[10].sampler.generator.state_dict().values()))
+    assert not torch.equal(first, next(iter(latest.sampler.generator.state_dict().values())))
     with pytest.raises(DiffRatioError, match=r"no checkpoint of step 15; it has steps \[10, 20, 30\]"):
         load_run(run_dir, step=15)
     with pytest.raises(DiffRatioError, match="export of one step"):

@@ -1,7 +1,8 @@
 """diffratio: train one-step generators with DiffRatio, and plug in divergences, backbones and methods.
 
 The public API: component base classes, hook markers and spec records, and the helpers that plugins
-use. Built-in components live in the ``diffratio_builtins`` package and use nothing but this API.
+use; docs/architecture.md lists the few modules a plugin may import besides this one. Built-in components
+live in the ``diffratio_builtins`` package and use nothing but that API.
 """
 
 from diffratio.components import (
@@ -13,7 +14,6 @@ from diffratio.components import (
     EvalContext,
     Generator,
     Logger,
-    Method,
     Metric,
     NoiseSchedule,
     OptimizerConfig,
@@ -47,12 +47,13 @@ from diffratio.hooks import (
     StrategySpec,
     hookimpl,
 )
+from diffratio.method import DataInfo, Method, Sampler
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Backbone", "Component", "Dataset", "Divergence", "EmptyConfig", "EvalContext", "Generator", "Logger",
-    "Method", "Metric", "NoiseSchedule", "OptimizerConfig", "RatioEstimator", "Strategy", "Trainable",
+    "Backbone", "Component", "DataInfo", "Dataset", "Divergence", "EmptyConfig", "EvalContext", "Generator", "Logger",
+    "Method", "Metric", "NoiseSchedule", "OptimizerConfig", "RatioEstimator", "Sampler", "Strategy", "Trainable",
     "append_dims", "count_parameters", "full_parameters", "plain_copy", "CheckpointError", "DataError",
     "DiffRatioError", "MissingDependencyError", "PluginError", "RecipeError", "BackboneSpec", "ComponentSpec",
     "DatasetSpec", "DivergenceSpec", "GeneratorSpec", "LoggerSpec", "MethodSpec", "MetricSpec", "RatioSpec",

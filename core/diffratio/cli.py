@@ -116,15 +116,17 @@ def _default(f: attrs.Attribute) -> Any:
               help="Keep the best candidate, or resample one with weights exp(-f) (sampling-importance-resampling).")
 @click.option("--verifier-sigma", type=click.FloatRange(min=0), default=None,
               help="Noise level at which the ratio scores candidates (default: the run's method.verifier_sigma, "
-                   "which defaults to diffratio.verifier.DEFAULT_VERIFIER_SIGMA; chosen by measurement, "
-                   "docs/results.md section 7).")
+                   "which defaults to diffratio.verifier.DEFAULT_VERIFIER_SIGMA).")
 @click.option("--export", "export", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write the generator EMA and ratio estimator with the config to this one .pt file, which "
-                   "dr-sample then accepts in place of RUN_DIR.")
+              help="Write the run's inference weights (generator EMA and ratio estimator) with its config to this "
+                   "one .pt file, which dr-sample then accepts in place of RUN_DIR.")
 @friendly_errors
 def sample(run_dir: Path, num: int, out: Path | None, grid: Path | None, seed: int, batch: int, candidates: int,
            select: str, verifier_sigma: float | None, export: Path | None) -> None:
     """Draw samples from RUN_DIR (latest checkpoint, EMA weights; or a file written by --export) into an .npz.
+
+    Only the networks that sample are built: no optimiser, and no training data unless the samples must be
+    turned into images.
 
     With --candidates N each sample is chosen among N one-step samples by the run's ratio estimator
     (the learned density ratio as a verifier; methods with a ratio estimator only).

@@ -9,12 +9,11 @@ The kinds and their roles are listed in ``KINDS``; docs/architecture.md explains
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import attrs
 import torch
@@ -23,9 +22,6 @@ from torch import Tensor, nn
 
 from diffratio.trainable import OptimizerConfig, Trainable
 from diffratio.zero import count_parameters, full_parameters, plain_copy  # noqa: F401  (re-exported by diffratio)
-
-if TYPE_CHECKING:
-    from diffratio.engine import RunContext
 
 
 @attrs.frozen(kw_only=True)
@@ -158,7 +154,7 @@ class RatioEstimator(Component, nn.Module, ABC):
 class Divergence(Component, ABC):
     """An f-divergence ``D_F(p_sigma || q_sigma) = E_q[F(r)]``, ``r = p/q = exp(-f)``.
 
-    The generator loss only needs the weight ``h(f) = r^2 F''(r)`` (docs/method.md section 3).
+    The generator loss only needs the weight ``h(f) = r^2 F''(r)`` (docs/concepts.md section 3).
     ``F`` itself is used by tests and diagnostics.
     """
 
@@ -175,7 +171,7 @@ class Divergence(Component, ABC):
 
 
 class NoiseSchedule(Component, ABC):
-    """How noise levels are drawn and how each loss weights them."""
+    """How noise levels sigma are drawn. How each loss weights them is the method's choice."""
 
     def __init__(self, config: Any = None) -> None:
         self.config = config if config is not None else self.Config()
@@ -183,14 +179,6 @@ class NoiseSchedule(Component, ABC):
     @abstractmethod
     def sample(self, n: int, device: torch.device | str = "cpu") -> Tensor:
         """Draw ``n`` noise levels sigma, shape (n,)."""
-
-    @abstractmethod
-    def generator_weight(self, sigma: Tensor) -> Tensor:
-        """``w(sigma)`` of the generator loss (docs/method.md section 3)."""
-
-    def ratio_weight(self, sigma: Tensor) -> Tensor:
-        """``lambda(sigma)`` of the ratio (logistic) loss; 1 unless a schedule says otherwise."""
-        return torch.ones_like(sigma)
 
     @staticmethod
     def noise(x: Tensor, sigma: Tensor) -> Tensor:
@@ -261,7 +249,8 @@ class Metric(Component, ABC):
 class EvalContext:
     """What a metric sees: a sampler of the current model, the data set and the run."""
 
-    sample: Callable[[int], Tensor]  # n -> generated samples (n, *data_shape), on CPU
+    #: n -> generated samples (n, *data_shape), on CPU
+    sample: Callable[[int], Tensor]
     dataset: Dataset
     device: torch.device
     run_dir: str
@@ -343,51 +332,6 @@ class Strategy(Component, ABC):
         return nullcontext()
 
 
-class Method(Component, ABC):
-    """One training step's losses for a family of models: ``diffratio``, ``vsd``, ``edm``.
-
-    A method builds its models in ``__init__`` from the run context (which resolves the recipe's
-    backbone, generator, ratio, divergence and schedule tables), asks the strategy to place them,
-    and exposes every stateful object through ``state_dict`` so that checkpoints hold all of it.
-    """
-
-    #: component kinds (recipe tables) this method uses besides dataset, strategy, metrics, loggers
-    uses: ClassVar[tuple[str, ...]] = ()
-
-    def __init__(self, config: Any, *, ctx: RunContext) -> None:
-        self.config = config
-        self.ctx = ctx
-
-    @abstractmethod
-    def train_step(self, step: int) -> dict[str, float]:
-        """Run one iteration (ratio steps then one generator step, say); return scalars to log.
-
-        Call each trained model's ``Trainable.schedule_lr(step, ctx.settings.steps)`` first, so that the
-        learning-rate decay of its ``OptimizerConfig`` applies.
-
-        Return values may be 0-d tensors; the engine reads one finite-check of their sum per step and
-        averages them only when logging. Return each network's ``grad_norm`` so non-finite steps are counted.
-        """
-
-    @abstractmethod
-    def sample(self, n: int, class_labels: Tensor | None = None) -> Tensor:
-        """Draw ``n`` samples of the model being trained (EMA weights where the method keeps them)."""
-
-    @abstractmethod
-    def state_dict(self) -> dict[str, Any]: ...
-
-    @abstractmethod
-    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
-
-    def parameter_counts(self) -> dict[str, int]:
-        """Trainable parameters of each network, printed at start and kept in run.json."""
-        return {}
-
-    def images_per_step(self) -> int:
-        """Generated (or seen) samples per step, for the images/s display."""
-        return self.ctx.settings.batch_size
-
-
 class Logger(Component, ABC):
     """Receives a run's scalars, images and text; the engine fans lifecycle events out to loggers."""
 
@@ -406,6 +350,16 @@ class Logger(Component, ABC):
     def close(self) -> None: ...
 
 
+
+
+def append_dims(x: Tensor, ndim: int) -> Tensor:
+    """Reshape a (B,) tensor to broadcast against a tensor of ``ndim`` dimensions."""
+    return x.reshape(-1, *([1] * (ndim - 1)))
+
+
+# the Method kind and its inference half build on the classes above (diffratio/method.py)
+from diffratio.method import Method  # noqa: E402
+
 KINDS: dict[str, type[Component]] = {
     "backbone": Backbone,
     "generator": Generator,
@@ -418,11 +372,3 @@ KINDS: dict[str, type[Component]] = {
     "strategy": Strategy,
     "logger": Logger,
 }
-
-
-def append_dims(x: Tensor, ndim: int) -> Tensor:
-    """Reshape a (B,) tensor to broadcast against a tensor of ``ndim`` dimensions."""
-    return x.reshape(-1, *([1] * (ndim - 1)))
-
-
-LOG2 = math.log(2.0)

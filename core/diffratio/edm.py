@@ -35,10 +35,6 @@ class EDMDenoiser(nn.Module):
         F_x = self.backbone(c_in * x, c_noise(sigma), class_labels)
         return c_skip * x + c_out * F_x.to(x.dtype)
 
-    def score(self, x: Tensor, sigma: Tensor, class_labels: Tensor | None = None) -> Tensor:
-        """``grad log p_sigma(x) = (D(x) - x) / sigma^2``."""
-        return (self(x, sigma, class_labels) - x) / append_dims(sigma, x.ndim) ** 2
-
 
 def edm_sigma_steps(num_steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0,
                     rho: float = 7.0, device: torch.device | str = "cpu") -> Tensor:

@@ -1,11 +1,32 @@
-"""The two DiffRatio losses (docs/concepts.md sections 2 and 3) and the EDM denoising loss (section 6)."""
+"""The two DiffRatio losses (docs/concepts.md sections 2 and 3), their sigma weightings, and the EDM
+denoising loss (section 6)."""
 
 from __future__ import annotations
 
+from typing import Literal
+
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from diffratio.components import Divergence
+
+#: a loss weighting over noise levels: ``one`` w = 1; ``sigma2`` w = sigma^2 (``sigma^2 grad f`` is in data
+#: units); ``snr`` w = sigma^2 / (sigma^2 + sigma_data^2) (bounded); ``edm`` EDM's 1 / c_out^2
+Weighting = Literal["one", "sigma2", "snr", "edm"]
+
+
+def apply_weighting(kind: Weighting, sigma: Tensor, sigma_data: float = 0.5) -> Tensor:
+    """The weight ``w(sigma)`` of each sample under the weighting ``kind`` (see ``Weighting``)."""
+    if kind == "sigma2":
+        return sigma**2
+    if kind == "one":
+        return torch.ones_like(sigma)
+    if kind == "snr":
+        return sigma**2 / (sigma**2 + sigma_data**2)
+    if kind == "edm":
+        return edm_loss_weight(sigma, sigma_data)
+    raise ValueError(f"unknown weighting {kind!r}; choose one of one, sigma2, snr, edm")
 
 
 def ratio_loss(logits_fake: Tensor, logits_real: Tensor, weight_fake: Tensor | None = None,
@@ -50,4 +71,5 @@ def accuracy(logits_fake: Tensor, logits_real: Tensor) -> Tensor:
     return 0.5 * ((logits_fake > 0).float().mean() + (logits_real < 0).float().mean())
 
 
-__all__ = ["ratio_loss", "generator_loss", "edm_loss_weight", "denoising_loss", "accuracy"]
+__all__ = ["Weighting", "apply_weighting", "ratio_loss", "generator_loss", "edm_loss_weight", "denoising_loss",
+           "accuracy"]

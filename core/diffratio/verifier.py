@@ -12,21 +12,22 @@ The sampler works with any two callables, so it can be embedded outside the fram
     out = sample_with_verifier(generate, log_ratio, num=64, candidates=8, latent_shape=(2,))
     out.samples, out.log_weights, out.ess
 
-and ``run_verifier(run)`` gives those callables for a run loaded with ``diffratio.sampling.load_run``.
+and ``run_verifier(sampler)`` gives those callables for a trained run (``diffratio.inference.load_sampler``).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Literal
 
 import attrs
 import torch
 from torch import Tensor
 
-from diffratio.components import Generator, RatioEstimator
 from diffratio.errors import DiffRatioError
+from diffratio.method import Sampler
 
 #: ``x = generate(z, labels)``: one-step generator, batched.
 Generate = Callable[[Tensor, Tensor | None], Tensor]
@@ -35,21 +36,16 @@ LogRatio = Callable[[Tensor, Tensor, Tensor | None], Tensor]
 Select = Literal["best", "sir"]
 SELECTIONS: tuple[str, ...] = ("best", "sir")
 
-#: Default verifier noise level, chosen by measurement, for runs whose method sets none (a run's own
-#: ``method.verifier_sigma`` comes first: ``verifier_sigma_of``). On 2-D data (benchmarks/verifier_sigma.py,
-#: docs/results/verifier_2d.md), SIR at N = 8: the exact ratio is best for sigma_v <= 0.03 and learned
-#: classifiers tie on 0.01-0.1, both clearly worse at 0.3 and 1.0 (noise blurs the ratio towards 1). The
-#: best sigma_v depends on the generator: on Fashion-MNIST (docs/results.md section 7) 0.02 was best for a
-#: generator at FID 30, and 0.5 (0.2-1.0 tied) for the current recipe's generator at FID 10, which is why
-#: the image recipes set ``method.verifier_sigma = 0.5``. sigma_v = 0 is not defined for a learned estimator
-#: (it is conditioned on log sigma).
+#: The verifier noise level of a run whose method sets none (``Sampler.verifier_sigma`` comes first:
+#: ``verifier_sigma_of``). Small, so that the ratio stays sharp; sigma_v = 0 is not defined for a learned
+#: estimator, which is conditioned on log sigma. benchmarks/verifier_sigma.py measures the choice.
 DEFAULT_VERIFIER_SIGMA = 0.02
 
 
-def verifier_sigma_of(run: Any) -> float:
-    """The verifier sigma a loaded run samples with by default: its method's ``verifier_sigma`` (the recipe's
-    ``method.verifier_sigma``) when the method has that setting, else ``DEFAULT_VERIFIER_SIGMA``."""
-    return float(getattr(run.method.config, "verifier_sigma", DEFAULT_VERIFIER_SIGMA))
+def verifier_sigma_of(sampler: Sampler) -> float:
+    """The verifier sigma a trained run samples with by default: its sampler's ``verifier_sigma`` (a
+    recipe's ``method.verifier_sigma``) when set, else ``DEFAULT_VERIFIER_SIGMA``."""
+    return DEFAULT_VERIFIER_SIGMA if sampler.verifier_sigma is None else float(sampler.verifier_sigma)
 
 
 @attrs.frozen
@@ -160,29 +156,25 @@ def sample_with_verifier(generate: Generate, log_ratio: LogRatio | None, *, num:
                     chosen=chosen, ess=effective_sample_size(log_w))
 
 
-def run_verifier(run: Any) -> tuple[Generate, LogRatio]:
-    """``(generate, log_ratio)`` of a run loaded by ``diffratio.sampling.load_run``.
+def run_verifier(sampler: Sampler, autocast: Callable[[], AbstractContextManager[Any]] = nullcontext
+                 ) -> tuple[Generate, LogRatio]:
+    """``(generate, log_ratio)`` of a trained run's sampler (``diffratio.inference.load_sampler``).
 
-    For the ``diffratio`` method: the generator's EMA (``method.ema``, what ``dr-sample`` draws from) and
-    the trained ratio estimator (``method.ratio.raw``), both evaluated without gradients under the run
-    strategy's autocast and returned in float32. Methods without a ratio estimator (``edm``, ``vsd``) raise
-    a ``DiffRatioError``.
+    The sampler's one-step generator (``Sampler.generator``, EMA weights, what ``dr-sample`` draws from) and
+    its ratio estimator (``Sampler.ratio``), both evaluated without gradients under ``autocast`` (the run
+    strategy's) and returned in float32. A sampler without either raises a ``DiffRatioError``.
     """
-    method = run.method
-    name = getattr(type(method), "registered_name", "") or type(method).__name__
-    ema = getattr(method, "ema", None)
-    ratio = getattr(getattr(method, "ratio", None), "raw", None)
-    if not isinstance(ema, Generator):
-        raise DiffRatioError(f"method {name!r} has no one-step generator (method.ema) to draw candidates from; "
-                             "sampling with a verifier needs a run of the diffratio method")
-    if not isinstance(ratio, RatioEstimator):
-        raise DiffRatioError(f"method {name!r} has no ratio estimator to use as a verifier; --candidates > 1 "
+    generator, ratio = sampler.generator, sampler.ratio
+    if generator is None:
+        raise DiffRatioError("this run's method has no one-step generator to draw candidates from; sampling "
+                             "with a verifier needs a run of the diffratio method")
+    if ratio is None:
+        raise DiffRatioError("this run's method has no ratio estimator to use as a verifier; --candidates > 1 "
                              "needs a run of a method that learns one (diffratio); use --candidates 1")
-    autocast = run.ctx.strategy.autocast
 
     def generate(z: Tensor, labels: Tensor | None) -> Tensor:
         with torch.no_grad(), autocast():
-            return ema(z, labels).float()
+            return generator(z, labels).float()
 
     def log_ratio(x: Tensor, sigma: Tensor, labels: Tensor | None) -> Tensor:
         training = ratio.training

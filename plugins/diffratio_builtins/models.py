@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Literal
 
 import attrs
 import torch
 from torch import Tensor, nn
 
 from diffratio import Backbone, Generator, RatioEstimator, append_dims
+from diffratio.config import setting
 from diffratio.edm import EDMDenoiser, c_noise
 
 
 class EDMGenerator(Generator):
-    """``g(z) = D(sigma_init * z, sigma_init)``: one evaluation of an EDM denoiser (docs/concepts.md §4)."""
+    """``g(z) = D(sigma_init * z, sigma_init)``: one evaluation of an EDM denoiser (docs/concepts.md section 4)."""
 
     @attrs.frozen(kw_only=True)
     class Config:
-        sigma_init: float = attrs.field(default=2.5, validator=attrs.validators.gt(0))  # SiD 2.5; DMD 80
+        sigma_init: float = setting(2.5, "noise level the generator denoises from (SiD 2.5; DMD 80)", gt=0)
 
     def __init__(self, config: Config, *, denoiser: EDMDenoiser) -> None:
         nn.Module.__init__(self)
@@ -52,12 +54,12 @@ class ClassifierRatio(RatioEstimator):
 
     @attrs.frozen(kw_only=True)
     class Config:
-        zero_init_head: bool = True  # start at f = 0 (ratio 1)
-        output_scale: str = attrs.field(default="none", validator=attrs.validators.in_(
-            ("none", "inv_sigma", "inv_sigma2")))  # scale(sigma) above
-        logit_form: str = attrs.field(default="linear", validator=attrs.validators.in_(("linear", "energy")))
-        # ^ "linear": one scalar from the head; "energy": difference of two energies (see the class docstring)
-        head_hidden: int = attrs.field(default=0, validator=attrs.validators.ge(0))  # 0 = linear head
+        zero_init_head: bool = setting(True, "start at f = 0 (ratio 1)")
+        output_scale: Literal["none", "inv_sigma", "inv_sigma2"] = setting("none", "scale(sigma) of the logit "
+                                                                                   "(see the class docstring)")
+        logit_form: Literal["linear", "energy"] = setting("linear", "linear: one scalar from the head; energy: "
+                                                                    "difference of two energies")
+        head_hidden: int = setting(0, "width of a SiLU hidden layer in the head; 0 = linear head", ge=0)
 
     def __init__(self, config: Config, *, backbone: Backbone, sigma_data: float = 0.5) -> None:
         nn.Module.__init__(self)

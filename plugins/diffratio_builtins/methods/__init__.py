@@ -1,1 +1,1 @@
-"""Built-in training methods."""
+"""Built-in training methods: edm (pretraining), diffratio and vsd (one-step generators)."""

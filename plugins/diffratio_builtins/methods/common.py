@@ -4,20 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from diffratio import DiffRatioError, Trainable, full_parameters, plain_copy
-from diffratio.checkpoint import load_pretrained_denoiser
+from diffratio.inference import load_pretrained_denoiser
+
+if TYPE_CHECKING:
+    from diffratio.registry import Registry
 
 
 def make_ema(module: nn.Module) -> nn.Module:
     """A frozen copy of ``module`` to hold the exponential moving average of its weights: a full, plain
     copy on every rank, also where a strategy partitions or hooks ``module`` (DeepSpeed); in fp32 where the
     strategy holds the weights in a narrower type (DeepSpeed ``bf16-weights``), so that the average keeps
-    small updates and checkpoints and ``dr-sample`` see fp32 as always."""
+    small updates and checkpoints and samplers see fp32."""
     ema = plain_copy(module).eval()
     ema.requires_grad_(False)
     for p in ema.parameters():
@@ -31,15 +34,14 @@ EmaWarmup = Literal["ramp", "average", "none"]
 
 
 def ema_decay_at(decay: float, step: int, warmup: EmaWarmup = "ramp") -> float:
-    """The EMA decay at ``step`` (0-based) under a warm-up that keeps early averages from holding
+    """The EMA decay at update ``step`` (0-based) under a warm-up that keeps early averages from holding
     ``decay ** step`` of the initialisation (13% after 2000 steps at 0.999):
 
     - ``ramp``: ``min(decay, (1 + step) / (10 + step))``, a window of about a ninth of the steps so far; it
-      reaches 0.999 only at step 8,990, so short runs average over few steps (the image pretraining).
+      reaches 0.999 only at step 8,990, so short runs average over few steps.
     - ``average``: ``min(decay, step / (1 + step))``, the plain average of all weights so far until that
       window is ``1 / (1 - decay)`` steps long (step 999 at 0.999), then the EMA: a longer average, which
-      also keeps early weights longer (on toy2d from scratch it lagged the improving generator and ended
-      worse than ``ramp``, docs/results.md section 1).
+      also keeps early weights longer.
     - ``none``: ``decay`` from the first step.
     """
     if warmup == "ramp":
@@ -50,25 +52,36 @@ def ema_decay_at(decay: float, step: int, warmup: EmaWarmup = "ramp") -> float:
 
 
 @torch.no_grad()
-def update_ema(ema: nn.Module, module: nn.Module, decay: float, step: int, warmup: EmaWarmup = "ramp") -> None:
+def update_ema(ema: nn.Module, module: nn.Module, decay: float, step: int, warmup: EmaWarmup = "ramp",
+               applied: Tensor | bool = True) -> None:
     """``ema = d * ema + (1 - d) * module`` for parameters with ``d = ema_decay_at(decay, step, warmup)``;
-    buffers are copied. A source in another dtype than the EMA (bf16 weights into the fp32 EMA) is cast
-    to the EMA's dtype first: ``_foreach_lerp_`` needs equal dtypes."""
+    buffers are copied. ``applied`` (a trainable's ``last_step_ok``) false leaves the EMA as it is; as a
+    device tensor it scales the step on the device, so the host never waits for it. A source in another
+    dtype than the EMA (bf16 weights into the fp32 EMA) is cast to the EMA's dtype first."""
     d = ema_decay_at(decay, step, warmup)
+    if applied is False:
+        return
     with full_parameters(module):  # gathered where DeepSpeed ZeRO-3 partitions them
-        ema_p = [p for p in ema.parameters()]
+        ema_p = list(ema.parameters())
         # .to is a no-op (no copy) where the dtypes already match
         src_p = [p.detach().to(e.dtype) for p, e in zip(module.parameters(), ema_p, strict=True)]
-        torch._foreach_lerp_(ema_p, src_p, 1.0 - d)
-        for b_ema, b in zip(ema.buffers(), module.buffers(), strict=True):
-            b_ema.copy_(b)
+        if isinstance(applied, Tensor):
+            weight = applied.to(device=ema_p[0].device, dtype=ema_p[0].dtype) * (1.0 - d)
+            torch._foreach_lerp_(ema_p, src_p, weight)
+            for b_ema, b in zip(ema.buffers(), module.buffers(), strict=True):
+                b_ema.copy_(torch.where(applied.to(b.device), b, b_ema))
+        else:
+            torch._foreach_lerp_(ema_p, src_p, 1.0 - d)
+            for b_ema, b in zip(ema.buffers(), module.buffers(), strict=True):
+                b_ema.copy_(b)
 
 
-def scheduled_lrs(step: int, total: int, **trainables: Trainable) -> dict[str, float]:
-    """Set each trained model's learning rate for global step ``step`` of ``total`` (its optimiser config's
-    ``lr_decay``); return ``{"<name>/lr": lr}`` for those that decay, to be logged."""
+def scheduled_lrs(step: int, total: int, device: torch.device, **trainables: Trainable) -> dict[str, Tensor]:
+    """Set each trained model's learning rate for update ``step`` of ``total`` (its optimiser config's
+    ``lr_decay``); return ``{"<name>/lr": lr}`` (0-d tensors on ``device``, filled there without a copy from
+    the host) for those that decay, to be logged."""
     lrs = {name: t.schedule_lr(step, total) for name, t in trainables.items()}
-    return {f"{name}/lr": lr for name, lr in lrs.items() if lr is not None}
+    return {f"{name}/lr": torch.full((), lr, device=device) for name, lr in lrs.items() if lr is not None}
 
 
 @contextmanager
@@ -83,9 +96,9 @@ def frozen(module: nn.Module) -> Iterator[nn.Module]:
             p.requires_grad_(f)
 
 
-def load_denoiser_weights(path: str, denoiser: nn.Module, what: str) -> None:
-    """Load a pretraining run's EMA denoiser into ``denoiser``; name any mismatched tensors."""
-    state = load_pretrained_denoiser(path)
+def load_denoiser_weights(path: str, denoiser: nn.Module, what: str, registry: Registry | None = None) -> None:
+    """Load the denoiser a pretraining run offers into ``denoiser``; name any mismatched tensors."""
+    state = load_pretrained_denoiser(path, registry)
     own = denoiser.state_dict()
     problems = [f"missing in checkpoint: {k}" for k in own if k not in state]
     problems += [f"unexpected in checkpoint: {k}" for k in state if k not in own]

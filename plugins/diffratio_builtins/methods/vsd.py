@@ -10,16 +10,21 @@ networks, two sources of bias (teacher error and fake-score error).
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import attrs
 import torch
 from torch import Tensor
 
-from diffratio import DiffRatioError, Method, OptimizerConfig, append_dims, count_parameters
+from diffratio import DiffRatioError, OptimizerConfig, Trainable, append_dims, count_parameters
+from diffratio.config import setting
 from diffratio.losses import denoising_loss
-from diffratio_builtins.methods.common import EmaWarmup, load_denoiser_weights, make_ema, scheduled_lrs, update_ema
+from diffratio_builtins.methods.common import load_denoiser_weights
+from diffratio_builtins.methods.onestep import OneStepConfig, OneStepMethod
+
+if TYPE_CHECKING:
+    from diffratio.engine import RunContext
 
 Denoiser = Callable[..., Tensor]
 
@@ -51,107 +56,83 @@ def vsd_generator_loss(x_sigma: Tensor, score_diff: Tensor, weight: Tensor) -> T
     return (weight * per_sample).mean()
 
 
-class VSD(Method):
+class VSD(OneStepMethod):
     """Variational score distillation of a one-step generator from a pretrained ``edm`` teacher."""
 
     uses = ("backbone", "generator", "schedule")
+    aux_name = "fake"
 
     @attrs.frozen(kw_only=True)
-    class Config:
-        init: str  # edm run directory / checkpoint: the teacher, and the start of the fake score and generator
-        generator_optimizer: OptimizerConfig = OptimizerConfig(lr=3e-5)  # Adam of the one-step generator
-        fake_optimizer: OptimizerConfig = OptimizerConfig(lr=1e-4)  # Adam of the fake-score denoiser
-        fake_steps: int = attrs.field(default=1, validator=attrs.validators.ge(1))  # per generator step
-        warmup_fake_steps: int = attrs.field(default=0, validator=attrs.validators.ge(0))  # before step 1
-        ema_decay: float = attrs.field(default=0.999, validator=[attrs.validators.ge(0), attrs.validators.lt(1)])
-        # ^ decay of the generator's EMA (the weights that sample and are evaluated), warmed up early
-        ema_warmup: EmaWarmup = "ramp"  # EMA decay warm-up: ramp, average or none (methods/common.py)
+    class Config(OneStepConfig):
+        init: str = setting(doc="edm run directory / checkpoint: the teacher, and the start of the fake score "
+                                "and generator")
+        fake_optimizer: OptimizerConfig = setting(OptimizerConfig(lr=1e-4), "Adam of the fake-score denoiser")
+        fake_steps: int = setting(1, "fake-score updates per generator update", ge=1)
+        warmup_fake_steps: int = setting(0, "fake-score updates before the first generator update, one per step "
+                                            "of the loop", ge=0)
 
-    def __init__(self, config: Config, *, ctx: Any) -> None:
-        super().__init__(config, ctx=ctx)
+    def __init__(self, config: Config, *, ctx: RunContext) -> None:
+        if not config.init:
+            raise DiffRatioError("the vsd method needs method.init: the run directory of an `edm` pretraining "
+                                 "(its EMA denoiser is the teacher)")
         generator = ctx.build_generator()
         teacher = ctx.build_denoiser()
-        # init = "" only when a finished run is rebuilt for sampling (diffratio.sampling): the
-        # checkpoint then supplies generator and fake score, and the teacher is never used.
-        self.teacher_loaded = bool(config.init)
-        if config.init:
-            load_denoiser_weights(config.init, teacher, "teacher")
-            generator.denoiser.load_state_dict(teacher.state_dict())
+        load_denoiser_weights(config.init, teacher, "teacher", ctx.registry)
+        generator.denoiser.load_state_dict(teacher.state_dict())
         fake = copy.deepcopy(teacher)
         self.teacher = ctx.strategy.prepare_frozen(teacher)  # compiled or in bf16 like the trained models
-        self.schedule = ctx.build_schedule()
-        self.gen = ctx.strategy.prepare("generator", generator, config.generator_optimizer)
-        self.fake = ctx.strategy.prepare("fake", fake, config.fake_optimizer)
-        self.ema = make_ema(self.gen.raw)
-        self.warmed_up = config.warmup_fake_steps == 0
+        super().__init__(config, ctx=ctx, generator=generator, aux=fake)
+
+    @property
+    def fake(self) -> Trainable:
+        """The fake-score denoiser as trained (``aux``)."""
+        return self.aux
+
+    @property
+    def aux_optimizer(self) -> OptimizerConfig:
+        return self.config.fake_optimizer
+
+    @property
+    def aux_steps(self) -> int:
+        return self.config.fake_steps
+
+    @property
+    def warmup_steps(self) -> int:
+        return self.config.warmup_fake_steps
 
     # ---- the two steps ----
 
-    def fake_step(self) -> dict[str, Tensor]:
+    def aux_step(self) -> dict[str, Tensor]:
         """Denoising score matching of the fake score on detached generated samples."""
         ctx, n = self.ctx, self.ctx.settings.batch_size
         labels = ctx.random_labels(n)
         with torch.no_grad(), ctx.strategy.autocast():
-            x = self.gen.raw(ctx.latents(self.gen.raw, n), labels).float()
+            x = self.gen.infer(ctx.latents(self.gen.model, n), labels).float()
         sigma = self.schedule.sample(n, ctx.device)
         with ctx.strategy.autocast():
-            denoised = self.fake.module(self.schedule.noise(x, sigma), sigma, labels)
-        loss = denoising_loss(denoised.float(), x, sigma, self.fake.raw.sigma_data)
+            denoised = self.fake.forward(self.schedule.noise(x, sigma), sigma, labels)
+        loss = denoising_loss(denoised.float(), x, sigma, self.fake.model.sigma_data)
         self.fake.backward(loss)
         out = self.fake.step()
         return {"loss/fake": loss.detach(), "fake/grad_norm": out["grad_norm"]}
 
-    def generator_step(self, step: int) -> dict[str, Tensor]:
+    def generator_step(self, update: int) -> dict[str, Tensor]:
         """One generator step on the surrogate whose gradient is ``w (s_fake - s_teacher) dx_sigma/dtheta``."""
         ctx, n = self.ctx, self.ctx.settings.batch_size
         labels = ctx.random_labels(n)
         sigma = self.schedule.sample(n, ctx.device)
         with ctx.strategy.autocast():
-            x = self.gen.module(ctx.latents(self.gen.raw, n), labels)
+            x = self.gen.forward(ctx.latents(self.gen.model, n), labels)
             x_sigma = self.schedule.noise(x.float(), sigma)
-            diff = score_difference(self.fake.forward_only, self.teacher, x_sigma.detach(), sigma, labels)
-        weight = self.schedule.generator_weight(sigma)
-        loss = vsd_generator_loss(x_sigma, diff, weight)
+            diff = score_difference(self.fake.infer, self.teacher, x_sigma.detach(), sigma, labels)
+        loss = vsd_generator_loss(x_sigma, diff, self.generator_weight(sigma))
         self.gen.backward(loss)
         out = self.gen.step()
-        if self.gen.last_step_ok:  # false when the update was skipped (non-finite loss or gradients)
-            update_ema(self.ema, self.gen.raw, self.config.ema_decay, step, self.config.ema_warmup)
+        self.update_ema(update)
         # sigma^2 |s_fake - s_teacher| is the denoiser difference, in data units
         gap = (diff * append_dims(sigma, diff.ndim) ** 2).flatten(1).norm(dim=1).mean()
         return {"loss/generator": loss.detach(), "generator/denoiser_gap": gap, "generator/grad_norm": out["grad_norm"]}
 
-    def train_step(self, step: int) -> dict[str, Tensor | float]:
-        if not self.teacher_loaded:
-            raise DiffRatioError("the vsd method needs method.init: the run directory of an `edm` "
-                                 "pretraining (its EMA denoiser is the teacher)")
-        lrs = scheduled_lrs(step, self.ctx.settings.steps, generator=self.gen, fake=self.fake)
-        if not self.warmed_up:
-            for _ in range(self.config.warmup_fake_steps):
-                self.fake_step()
-            self.warmed_up = True
-        for _ in range(self.config.fake_steps):
-            scalars = self.fake_step()
-        return {**scalars, **self.generator_step(step), **lrs}
-
-    # ---- sampling and state ----
-
-    @torch.no_grad()
-    def sample(self, n: int, class_labels: Tensor | None = None) -> Tensor:
-        labels = class_labels if class_labels is not None else self.ctx.random_labels(n)
-        with self.ctx.strategy.autocast():
-            return self.ema(self.ctx.latents(self.ema, n), labels).float()
-
     def parameter_counts(self) -> dict[str, int]:
-        return {"generator": count_parameters(self.gen.raw), "fake_score": count_parameters(self.fake.raw),
+        return {"generator": count_parameters(self.gen.model), "fake_score": count_parameters(self.fake.model),
                 "teacher": sum(p.numel() for p in self.teacher.parameters())}
-
-    def state_dict(self) -> dict[str, Any]:
-        # the frozen teacher is not stored: it is reloaded from method.init on resume
-        return {"generator": self.gen.state_dict(), "fake": self.fake.state_dict(),
-                "generator_ema": self.ema.state_dict(), "warmed_up": self.warmed_up}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.gen.load_state_dict(state["generator"])
-        self.fake.load_state_dict(state["fake"])
-        self.ema.load_state_dict(state["generator_ema"])
-        self.warmed_up = bool(state["warmed_up"])
