@@ -153,11 +153,11 @@ def remove_partial_writes(ckpt_root: str | Path) -> list[Path]:
 
 
 def list_checkpoints(ckpt_root: str | Path) -> list[Path]:
-    """Committed checkpoint folders (a step number holding a ``meta.json``), oldest first."""
+    """Committed checkpoint folders (named by a step number, not empty; damaged ones included), oldest first."""
     root = Path(ckpt_root)
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.isdigit() and (p / META_FILE).exists())
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.isdigit() and any(p.iterdir()))
 
 
 def foreign_entries(ckpt_root: str | Path) -> list[Path]:

@@ -115,7 +115,7 @@ class RunDirectory:
         for leftover in ckpt.remove_partial_writes(root):
             print(f"removed {leftover}: an unfinished checkpoint write of a killed run", file=sys.stderr)
         for foreign in ckpt.foreign_entries(root):
-            warnings.warn(f"ignoring {foreign}: not a committed checkpoint (no step number with a meta.json); "
+            warnings.warn(f"ignoring {foreign}: not a checkpoint (an empty folder or a foreign name); "
                           "it is never resumed from nor counted in run.keep_checkpoints", stacklevel=2)
         found = ckpt.newest_readable(root)
         path, self.state = found if found is not None else (None, None)
