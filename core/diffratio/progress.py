@@ -56,7 +56,7 @@ class Progress:
         if enabled and bar:
             self.bar = tqdm(total=total, initial=step, ncols=WIDTH, unit="step", file=sys.stderr,
                             mininterval=1.0 if sys.stderr.isatty() else 30.0,
-                            bar_format="{n_fmt}/{total_fmt} {bar} {remaining} {postfix}")
+                            bar_format="{n_fmt}/{total_fmt} {bar} eta {remaining} {desc}")
 
     def eta(self, step: int) -> str:
         done = step - self.start_step
@@ -83,7 +83,7 @@ class Progress:
         if not self.enabled:
             return
         if self.bar is not None:
-            self.bar.set_postfix_str(key_numbers(values, limit=2)[:36], refresh=False)
+            self.bar.set_description_str(key_numbers(values)[:44], refresh=False)
             self.bar.update(step - self.bar.n)
             return
         line = f"step {step}/{self.total} eta {self.eta(step)} {key_numbers(values)}"

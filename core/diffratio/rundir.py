@@ -137,8 +137,8 @@ class RunDirectory:
         old = self.state.get("config") or (info or {}).get("config")
         if old is None:
             raise CheckpointError(f"{problem or f'{self.run_dir / RUN_JSON} is missing'}, and the checkpoints "
-                                  "predate the config they now carry: the recipe cannot be checked against them. "
-                                  "Restore run.json, or choose another --run-dir to start afresh.")
+                                  "carry no config (written by an older diffratio): the recipe cannot be checked "
+                                  "against them. Restore run.json, or choose another --run-dir to start afresh.")
         if info is None or problem:
             warnings.warn(f"{problem or f'{self.run_dir / RUN_JSON} is missing'}; rebuilt from the config "
                           "of the checkpoint", stacklevel=3)

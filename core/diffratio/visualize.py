@@ -9,7 +9,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-
 DATA_COLOR = (150, 150, 150)
 SAMPLE_COLOR = (200, 30, 30)
 
