@@ -19,6 +19,8 @@ def toy_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert res.returncode == 0, res.stderr
     assert "parameters: generator" in res.stdout
     assert "step 30: loss/ratio=" in res.stdout  # the console logger
+    lines = [line for line in res.stdout.splitlines() if line.startswith("step 20/30 eta ")]  # --no-progress
+    assert len(lines) == 1 and "ratio=" in lines[0] and "img/s=" in lines[0] and len(lines[0]) <= 80
     return run_dir
 
 

@@ -1,5 +1,5 @@
-"""Faults of issue 8 and how a run survives them: damaged and failed checkpoint writes, a full or unwritable
-disk, non-finite losses, changed recipes, bad 2-D data and failing plugin hooks (docs/reliability.md).
+"""Faults and how a run survives them: damaged and failed checkpoint writes, a full or unwritable disk,
+non-finite losses, changed recipes, bad 2-D data and failing plugin hooks (docs/reliability.md).
 
 Most runs here are in-process (``training_loop``) on the tiny 2-D recipe, to stay fast; one test kills a
 ``dr-train`` process in the middle of a checkpoint write.

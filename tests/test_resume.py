@@ -73,8 +73,10 @@ def test_sigterm_checkpoints_and_resumes_bit_exact(reference: dict, tmp_path: Pa
 
 def test_rerun_of_finished_run_changes_nothing(reference: dict, tmp_path: Path) -> None:
     assert run_cli("dr-train", *ARGS, "--run-dir", str(tmp_path)).returncode == 0
+    files = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     again = run_cli("dr-train", *ARGS, "--run-dir", str(tmp_path))
-    assert again.returncode == 0 and "resuming from step 400" in again.stdout
+    assert again.returncode == 0 and f"run {tmp_path} is complete: trained 400 steps" in again.stdout
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == files
     assert_same(final_state(tmp_path), reference)
 
 

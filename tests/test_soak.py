@@ -1,9 +1,9 @@
-"""Soak test of issue 8 (item 8): 2-D training for 20k steps with checkpoints every 500 is killed with SIGKILL
-ten times at random moments (three of them while a checkpoint is being written, when the poll catches one)
-and resumed each time; it ends with exactly the parameters of an uninterrupted run (CPU, bit for bit).
+"""Soak: 2-D training for 20k steps with checkpoints every 500 is killed with SIGKILL ten times at random
+moments (three of them while a checkpoint is being written, when the poll catches one) and resumed each time;
+it ends with exactly the parameters of an uninterrupted run (CPU, bit for bit).
 
-Slow (21 minutes on 2 busy CPU cores): excluded from the default run. Run it with
-``python -m pytest -m slow -s tests/test_soak.py``; results are recorded in docs/reliability.md.
+Slow (tens of minutes on a CPU): excluded from the default run. Run it with
+``python -m pytest -m slow -s tests/test_soak.py`` (docs/reliability.md).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Command-line tools: ``dr-train``, ``dr-plugins`` and ``dr-sample``.
 
 Errors a user can fix (``DiffRatioError``) are printed as one clear message without a traceback and
-exit with status 2; an interrupted run exits with 128 + the signal number after writing a checkpoint.
+exit with status 2; a run stopped by a signal exits with 128 + the signal number, after writing a
+checkpoint where one can be written.
 """
 
 from __future__ import annotations
@@ -17,9 +18,13 @@ import attrs
 import click
 
 from diffratio.errors import DiffRatioError
+from diffratio.signals import StopRequested, handled_signals
 
 
 def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A ``DiffRatioError`` becomes its message and exit status 2 (or its ``exit_code``); a signal, a one-line
+    message and 128 + its number. Never a traceback for either."""
+
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
@@ -27,6 +32,12 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except DiffRatioError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(getattr(exc, "exit_code", 2))
+        except StopRequested as stop:
+            click.echo(f"stopped by {stop}", err=True)
+            sys.exit(128 + stop.signum)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
 
     return wrapper
 
@@ -42,18 +53,19 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 @friendly_errors
 def train(recipe: Path, sets: tuple[str, ...], dry_run: bool, run_dir: Path | None, no_progress: bool) -> None:
     """Train with RECIPE (a TOML file); re-running the same command resumes from the last checkpoint."""
-    from diffratio.engine import default_run_dir, plugin_versions, training_loop
-    from diffratio.recipe import load_recipe
-    from diffratio.registry import default_registry
+    with handled_signals():  # from here to exit: a signal stops cleanly, a second one at once
+        from diffratio.engine import default_run_dir, plugin_versions, training_loop
+        from diffratio.recipe import load_recipe
+        from diffratio.registry import default_registry
 
-    registry = default_registry()
-    resolved = load_recipe(recipe, sets, registry=registry)
-    run_dir = run_dir or default_run_dir(resolved)
-    if dry_run:
-        click.echo(json.dumps({"run_dir": str(run_dir), "config": resolved.to_dict(),
-                               "plugins": plugin_versions(resolved, registry)}, indent=2))
-        return
-    training_loop(resolved, run_dir, registry, progress=not no_progress)
+        registry = default_registry()
+        resolved = load_recipe(recipe, sets, registry=registry)
+        run_dir = run_dir or default_run_dir(resolved)
+        if dry_run:
+            click.echo(json.dumps({"run_dir": str(run_dir), "config": resolved.to_dict(),
+                                   "plugins": plugin_versions(resolved, registry)}, indent=2))
+            return
+        training_loop(resolved, run_dir, registry, progress=not no_progress)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

@@ -1,7 +1,9 @@
 """pluggy hook specifications: component registration (discovery) and run lifecycle events.
 
 A plugin is any module or object with ``@hookimpl`` functions. Registration hooks return (or yield)
-``ComponentSpec`` records; event hooks receive the running ``Run`` and return nothing.
+``ComponentSpec`` records. Lifecycle hooks are called by pluggy with keyword arguments, so an implementation
+declares only the arguments it needs (``def diffratio_on_step_end(step): ...``); they return nothing, run on
+the main rank only, and an exception in one is reported once and does not stop the run.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import attrs
 import pluggy
 
 if TYPE_CHECKING:
-    from diffratio.engine import Run
+    from diffratio.run import Run
 
 PROJECT = "diffratio"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -93,28 +95,32 @@ class Hookspecs:
     def diffratio_loggers(self) -> Iterable[ComponentSpec]:
         """Loggers."""
 
-    # ---- lifecycle events (fanned out to plugins and to the run's loggers) ----
+    # ---- lifecycle events (plugins and the run's loggers; main rank only) ----
 
     @hookspec
     def diffratio_on_run_start(self, run: Run) -> None:
-        """After models are built and any checkpoint is loaded, before the first step."""
+        """After models are built and any checkpoint is loaded, before the first step (``run.step``)."""
 
     @hookspec
     def diffratio_on_step_end(self, run: Run, step: int, scalars: Mapping[str, float]) -> None:
-        """At every logging interval, with the scalars averaged since the last one."""
+        """At every logging interval (and the last step), with each scalar averaged over the finite values
+        since the last call, plus ``images_per_second`` and ``nonfinite/skipped_steps``."""
 
     @hookspec
     def diffratio_on_evaluation(self, run: Run, step: int, results: Mapping[str, float]) -> None:
-        """After metrics were computed."""
+        """After the recipe's metrics were computed (every ``run.eval_every`` steps and at the end)."""
 
     @hookspec
     def diffratio_on_checkpoint(self, run: Run, step: int, path: str) -> None:
-        """After a checkpoint was written and committed."""
+        """After the checkpoint of ``step`` was committed into the folder ``path``."""
 
     @hookspec
     def diffratio_on_run_end(self, run: Run, step: int) -> None:
-        """When training stops (finished or interrupted)."""
+        """When the run stops: finished, interrupted by a signal, diverged or failed."""
 
+
+LIFECYCLE_HOOKS: tuple[str, ...] = ("diffratio_on_run_start", "diffratio_on_step_end", "diffratio_on_evaluation",
+                                    "diffratio_on_checkpoint", "diffratio_on_run_end")
 
 REGISTRATION_HOOKS: dict[str, str] = {
     "backbone": "diffratio_backbones",

@@ -11,15 +11,17 @@ from __future__ import annotations
 import importlib
 import importlib.metadata as md
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import attrs
 import pluggy
 
-from diffratio.components import KINDS
+from diffratio.components import KINDS, Logger
 from diffratio.errors import PluginError
-from diffratio.hooks import PROJECT, REGISTRATION_HOOKS, ComponentSpec, Hookspecs
+from diffratio.hooks import LIFECYCLE_HOOKS, PROJECT, REGISTRATION_HOOKS, ComponentSpec, Hookspecs
+from diffratio.signals import is_real_interrupt
 
 #: Built-in plugin modules, registered in this order before any third-party plugin.
 BUILTIN_PLUGINS: tuple[str, ...] = ("diffratio_builtins",)
@@ -62,15 +64,34 @@ def _dist_version(dist: str) -> str:
         return "unknown"
 
 
+class PluginManager(pluggy.PluginManager):
+    """pluggy's manager; a run's loggers (``diffratio.Logger`` objects) take part in the lifecycle hooks with
+    plain ``diffratio_on_*`` methods, without the ``hookimpl`` marker (as pytest accepts unmarked ``pytest_``
+    functions)."""
+
+    def parse_hookimpl_opts(self, plugin: Any, name: str) -> Any:
+        opts = super().parse_hookimpl_opts(plugin, name)
+        if opts is None and isinstance(plugin, Logger) and name in LIFECYCLE_HOOKS:
+            opts = {"wrapper": False, "hookwrapper": False, "optionalhook": False, "tryfirst": False,
+                    "trylast": False, "specname": None}
+        return opts
+
+
 class Registry:
-    """Holds the plugin manager and every registered component, by kind and name."""
+    """Holds the plugin manager and every registered component, by kind and name.
+
+    Lifecycle events are pluggy hook calls (``registry.pm.hook.diffratio_on_step_end(run=..., ...)``), so an
+    implementation declares any subset of the hook's arguments. Each lifecycle implementation is isolated
+    when registered: an exception in it is reported once (plugin and package named) and the run goes on.
+    """
 
     def __init__(self) -> None:
-        self.pm = pluggy.PluginManager(PROJECT)
+        self.pm = PluginManager(PROJECT)
         self.pm.add_hookspecs(Hookspecs)
         self.components: dict[str, dict[str, Registered]] = {kind: {} for kind in KINDS}
         self.failures: list[PluginFailure] = []
         self._providers: dict[str, Provider] = {}
+        self._reported: set[tuple[str, str]] = set()
         self._loaded = False
 
     # ---- loading ----
@@ -95,9 +116,47 @@ class Registry:
         return self
 
     def register(self, plugin: Any, provider: Provider) -> None:
-        """Register one plugin object or module."""
+        """Register one plugin object or module; its lifecycle hook implementations are isolated."""
         self.pm.register(plugin, name=provider.plugin)
         self._providers[provider.plugin] = provider
+        for caller in self.pm.get_hookcallers(plugin) or []:
+            if caller.name in LIFECYCLE_HOOKS:
+                for impl in caller.get_hookimpls():
+                    if impl.plugin is plugin and not (impl.wrapper or impl.hookwrapper):
+                        impl.function = self._isolated(provider, caller.name, impl.function)
+
+    def unregister(self, plugin: Any) -> None:
+        self.pm.unregister(plugin)
+
+    @contextmanager
+    def attached(self, loggers: Iterable[Logger]) -> Iterator[None]:
+        """Register a run's loggers for its lifecycle events, and unregister them after."""
+        attached = []
+        try:
+            for lg in loggers:
+                name = type(lg).registered_name or type(lg).__name__
+                entry = self.components["logger"].get(name)
+                prov = entry.provider if entry is not None else Provider(name, "unknown", "?")
+                self.register(lg, Provider(f"logger {name} ({id(lg):x})", prov.package, prov.version))
+                attached.append(lg)
+            yield
+        finally:
+            for lg in attached:
+                self.pm.unregister(lg)
+
+    def _isolated(self, provider: Provider, hook: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any) -> Any:  # pluggy passes the arguments the implementation declares, in order
+            try:
+                return fn(*args)
+            except Exception as exc:
+                if (provider.plugin, hook) not in self._reported:
+                    self._reported.add((provider.plugin, hook))
+                    warnings.warn(f"plugin {provider.plugin!r} (package {provider.package}) raised in {hook}: "
+                                  f"{type(exc).__name__}: {exc}; the run goes on (further errors of this hook "
+                                  "are not reported)", stacklevel=2)
+                return None
+
+        return call
 
     def _load_entry_points(self) -> None:
         for ep in md.entry_points(group=ENTRY_POINT_GROUP):
@@ -107,9 +166,10 @@ class Registry:
                 continue
             try:
                 plugin = ep.load()
-            except Exception as exc:  # a broken plugin must not take the others down
-                self.failures.append(PluginFailure(ep.name, dist, f"import failed: "
-                                                   f"{type(exc).__name__}: {exc}"))
+            except BaseException as exc:  # SystemExit too: a broken plugin must not take the others down
+                if is_real_interrupt(exc):
+                    raise
+                self.failures.append(PluginFailure(ep.name, dist, f"import failed: {type(exc).__name__}: {exc}"))
                 continue
             try:
                 self.register(plugin, Provider(ep.name, dist, version))
@@ -117,10 +177,11 @@ class Registry:
                 self.failures.append(PluginFailure(ep.name, dist, f"registration failed: {exc}"))
 
     def _collect(self) -> None:
+        """Components of every plugin; a plugin whose registration hook raises adds none and is unregistered."""
+        found: list[tuple[str, ComponentSpec]] = []
+        failed: dict[str, str] = {}
         for kind, hook_name in REGISTRATION_HOOKS.items():
-            hook = getattr(self.pm.hook, hook_name)
-            for impl in reversed(hook.get_hookimpls()):  # registration order
-                provider = self._providers.get(impl.plugin_name, Provider(impl.plugin_name, "unknown", "?"))
+            for impl in reversed(getattr(self.pm.hook, hook_name).get_hookimpls()):  # registration order
                 try:
                     specs = list(impl.function() or ())
                     for spec in specs:
@@ -128,12 +189,16 @@ class Registry:
                 except PluginError:
                     raise
                 except Exception as exc:
-                    self.failures.append(PluginFailure(provider.plugin, provider.package,
-                                                       f"{hook_name}() raised {type(exc).__name__}: {exc}"))
+                    failed.setdefault(impl.plugin_name, f"{hook_name}() raised {type(exc).__name__}: {exc}")
                     continue
-                for spec in specs:
-                    self._add(spec, provider)
-
+                found += [(impl.plugin_name, spec) for spec in specs]
+        for name, error in failed.items():
+            provider = self._providers.get(name, Provider(name, "unknown", "?"))
+            self.failures.append(PluginFailure(provider.plugin, provider.package, error))
+            self.pm.unregister(name=name)
+        for name, spec in found:
+            if name not in failed:
+                self._add(spec, self._providers.get(name, Provider(name, "unknown", "?")))
     @staticmethod
     def _check_spec(spec: Any, kind: str) -> None:
         if not isinstance(spec, ComponentSpec):
@@ -173,30 +238,6 @@ class Registry:
     def names(self, kind: str) -> list[str]:
         return sorted(self.components[kind])
 
-    # ---- lifecycle events ----
-
-    def emit(self, event: str, extra: Iterable[Any] = (), **kwargs: Any) -> None:
-        """Call lifecycle hook ``event`` on every plugin and on ``extra`` objects (the run's loggers).
-
-        A failing hook is reported once per plugin and does not stop the run.
-        """
-        hook = getattr(self.pm.hook, event)
-        targets = [(impl.plugin_name, impl.function) for impl in hook.get_hookimpls()]
-        targets += [(type(obj).__name__, getattr(obj, event)) for obj in extra if hasattr(obj, event)]
-        for name, fn in targets:
-            try:
-                fn(**kwargs)
-            except Exception as exc:
-                key = (name, event)
-                if key not in _reported:
-                    _reported.add(key)
-                    provider = self._providers.get(name)
-                    pkg = f" (package {provider.package})" if provider else ""
-                    warnings.warn(f"plugin {name!r}{pkg} raised in {event}: {type(exc).__name__}: {exc}; "
-                                  "the run goes on without it", stacklevel=2)
-
-
-_reported: set[tuple[str, str]] = set()
 
 _default: Registry | None = None
 

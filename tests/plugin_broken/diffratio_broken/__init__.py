@@ -1,3 +1,3 @@
-"""A plugin that fails at import: diffratio must report it and load every other plugin."""
+"""A plugin that ends the interpreter at import: diffratio must report it and load every other plugin."""
 
-raise ImportError("this plugin is broken on purpose (tests/plugin_broken)")
+raise SystemExit("this plugin is broken on purpose (tests/plugin_broken)")
