@@ -36,6 +36,9 @@ the component stores its config as ``self.config``. Per kind:
 - logger: scalars, an image and text are accepted; lifecycle methods accept the hook's arguments.
 - method: a few training steps on a tiny run give finite scalars, the same under the same seed; the
   state dict survives ``torch.load(weights_only=True)`` and a run rebuilt from it continues exactly.
+
+Each kind's check lives in a module of its name (``diffratio.testing.divergence`` ... ``.method``); import
+them from ``diffratio.testing``.
 """
 
 from __future__ import annotations

@@ -180,7 +180,8 @@ class FashionMNIST(_DigitsLike):
 
     @attrs.frozen(kw_only=True)
     class Config(ImageConfig):
-        root: str = setting(digit_files.FASHION_ROOT, "folder with {train,t10k}-{images-idx3,labels-idx1}-ubyte.gz")
+        root: str = setting(digit_files.FASHION_ROOT, "folder with {train,t10k}-{images-idx3,labels-idx1}-ubyte.gz, "
+                                                      "relative to the working directory")
         split: Split = setting("train", "images trained on; the other split is held out for metrics "
                                         "(\"all\": none held out)")
         pad_to_32: bool = setting(False, "zero-pad the 28x28 images to 32x32 (U-Net levels halve evenly)")
