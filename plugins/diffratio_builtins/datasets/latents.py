@@ -1,33 +1,25 @@
 """Precomputed VAE latents (ImageNet 512x512 as 4x64x64) and random latents for benchmarks.
 
-Latent training (EDM2, design.md "Scale") never runs the VAE in the training loop: images are encoded
-once into shards (``python -m diffratio_builtins.vae encode``, docs/scale.md) and the models train on
-the latents. A shard is an uncompressed ``.npz`` with
+Latent training never runs the VAE in the training loop: images are encoded once into shards
+(``python -m diffratio_builtins.vae encode``, docs/scale.md; the format is in ``shards.py``) and the
+models train on the latents. Shapes, labels and dtypes are checked when the data set is built (from the
+arrays' headers and the labels); the latents themselves are read at the first batch, so building a run
+to sample from it or to benchmark it does not read the whole set. Non-finite latents are refused when
+they are read, naming the shard file and the item.
 
-- ``latents``: float16 or float32 (N, C, H, W), the VAE posterior means in raw VAE units;
-- ``std`` (optional): the posterior standard deviations, same shape; with ``sample_posterior`` each batch
-  draws ``latents + std * noise`` (as EDM2 does) instead of the mean;
-- ``labels`` (optional): integer (N,) class indices.
-
-``dataset.path`` is one shard, a folder of shards (found recursively, in sorted order) or a .zip of shards.
-Shapes, labels and dtypes are checked when the data set is built (from the arrays' headers and the
-labels); the latents themselves are read at the first batch, so building a run to sample from it or to
-benchmark it does not read the whole set.
-
-Model-space latents have standard deviation about ``sigma_data`` (EDM's sigma_data, 0.5 by default, as in
-EDM2): ``channel-stats`` maps each channel to zero mean and unit std with per-channel raw statistics (from
-the recipe, or measured on a fixed subset of the data), ``factor`` multiplies by a global raw-to-unit
-factor (Stable Diffusion's VAE: 0.18215), ``none`` takes the shards as model units already; the first two
-then multiply by ``sigma_data``.
+With ``std`` in the shards and ``sample_posterior``, each batch draws ``latents + std * noise`` (as EDM2
+does) instead of the posterior mean. Model-space latents have standard deviation about ``sigma_data``:
+``channel-stats`` maps each channel to zero mean and unit std with per-channel raw statistics (from the
+recipe, or measured on a fixed subset of the data), ``factor`` multiplies by a global raw-to-unit factor
+(Stable Diffusion's VAE: 0.18215), ``none`` takes the shards as model units already; the first two then
+multiply by ``sigma_data``.
 """
 
 from __future__ import annotations
 
-import struct
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import Any, Literal
 
 import attrs
 import numpy as np
@@ -35,7 +27,10 @@ import torch
 from torch import Tensor
 
 from diffratio import DataError, Dataset
+from diffratio.config import setting
 from diffratio.dataset_tool import check_labels
+from diffratio_builtins.datasets.shards import ShardSource, scan_shard
+from diffratio_builtins.datasets.validate import check_shape
 
 #: how a user gets latent shards; every "no data" error ends with it
 PREPARE = ("prepare them from images with `python -m diffratio_builtins.vae encode IMAGES OUT_DIR --vae VAE_DIR "
@@ -45,156 +40,46 @@ REFERENCE_SEED = 12345
 STATS_SEED = 54321
 STATS_ITEMS = 10_000  # latents the per-channel statistics are measured on when the recipe gives none
 
-_LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # a zip local file header: 30 bytes, name and extra lengths last
-
-
-@attrs.frozen
-class ArrayHeader:
-    """Shape, dtype and place of one array inside an .npz, read without reading the array."""
-
-    shape: tuple[int, ...]
-    dtype: np.dtype
-    fortran: bool
-    stored: bool  # not compressed: the array's bytes lie in the file as they are
-    offset: int  # byte offset of the array's data in the .npz file (meaningful when stored)
-
-
-@attrs.frozen
-class Shard:
-    """One .npz shard: where it is, its arrays' headers and its labels (small, read at once)."""
-
-    name: str  # relative name inside the folder or zip; "" for a single file
-    where: str  # path for messages
-    latents: ArrayHeader
-    std: ArrayHeader | None
-    labels: np.ndarray | None
-
-    @property
-    def size(self) -> int:
-        return self.latents.shape[0]
-
-
-class ShardSource:
-    """The .npz shards of ``dataset.path``: one file, a folder (searched recursively) or a zip archive."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.zip: zipfile.ZipFile | None = None
-        if path.is_dir():
-            self.names = sorted(p.relative_to(path).as_posix() for p in path.rglob("*.npz")
-                                if not any(part.startswith(".") for part in p.relative_to(path).parts))
-        elif path.suffix.lower() == ".npz":
-            self.names = [""]
-        elif path.suffix.lower() == ".zip":
-            try:
-                self.zip = zipfile.ZipFile(path)
-            except (zipfile.BadZipFile, OSError) as exc:
-                raise DataError(f"{path}: not a readable zip archive ({exc})") from exc
-            self.names = sorted(n for n in self.zip.namelist() if n.lower().endswith(".npz"))
-        else:
-            raise DataError(f"{path}: expected an .npz shard, a folder of .npz shards or a .zip of them; "
-                            + PREPARE)
-
-    def where(self, name: str) -> str:
-        if not name:
-            return str(self.path)
-        return f"{self.path}:{name}" if self.zip is not None else str(self.path / name)
-
-    def file(self, name: str) -> Path:
-        return self.path / name if name else self.path
-
-    def open(self, name: str) -> IO[bytes]:
-        if self.zip is not None:
-            return self.zip.open(name)
-        return open(self.file(name), "rb")
-
-    def close(self) -> None:
-        if self.zip is not None:
-            self.zip.close()
-
-
-def read_array_headers(f: IO[bytes], where: str) -> dict[str, ArrayHeader]:
-    """The headers of every array of an .npz file object (seekable), by array name."""
-    out: dict[str, ArrayHeader] = {}
-    try:
-        with zipfile.ZipFile(f) as z:
-            for info in z.infolist():
-                if not info.filename.endswith(".npy"):
-                    continue
-                with z.open(info) as m:
-                    version = np.lib.format.read_magic(m)
-                    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                            else np.lib.format.read_array_header_2_0)
-                    shape, fortran, dtype = read(m)
-                    header_len = m.tell()
-                f.seek(info.header_offset)
-                local = _LOCAL_HEADER.unpack(f.read(_LOCAL_HEADER.size))
-                data_start = info.header_offset + _LOCAL_HEADER.size + local[-2] + local[-1] + header_len
-                out[info.filename[:-4]] = ArrayHeader(tuple(shape), np.dtype(dtype), bool(fortran),
-                                                      info.compress_type == zipfile.ZIP_STORED, data_start)
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, struct.error) as exc:
-        raise DataError(f"{where}: cannot be read as .npz ({type(exc).__name__}: {exc})") from exc
-    return out
-
-
-def scan_shard(src: ShardSource, name: str) -> Shard:
-    """Read one shard's headers and labels; raise ``DataError`` naming the shard for anything malformed."""
-    where = src.where(name)
-    with src.open(name) as f:
-        headers = read_array_headers(f, where)
-        if "latents" not in headers:
-            raise DataError(f"{where}: no array 'latents' (arrays: {', '.join(sorted(headers)) or 'none'}); a latent "
-                            f"shard holds 'latents' (N, C, H, W) and optional 'std' and 'labels'")
-        lat = headers["latents"]
-        if lat.dtype.kind != "f":
-            raise DataError(f"{where}: 'latents' must be float16 or float32, got {lat.dtype}")
-        if len(lat.shape) != 4:
-            raise DataError(f"{where}: 'latents' must have shape (N, C, H, W), got {lat.shape}")
-        if lat.shape[0] == 0:
-            raise DataError(f"{where}: empty shard ('latents' has shape {lat.shape}); remove it or re-encode")
-        std = headers.get("std")
-        if std is not None and (std.shape != lat.shape or std.dtype.kind != "f"):
-            raise DataError(f"{where}: 'std' must be a float array of the shape of 'latents' {lat.shape}, got "
-                            f"{std.dtype} {std.shape}")
-        labels = None
-        if "labels" in headers:
-            f.seek(0)
-            try:
-                with np.load(f, allow_pickle=False) as data:
-                    labels = np.asarray(data["labels"])
-            except Exception as exc:
-                raise DataError(f"{where}: cannot read 'labels' ({type(exc).__name__}: {exc})") from exc
-            labels = check_labels(labels, lat.shape[0], f"{where}['labels']")
-    return Shard(name=name, where=where, latents=lat, std=std, labels=labels)
-
 
 def _describe(shape: tuple[int, ...]) -> str:
     return "x".join(str(d) for d in shape)
 
 
+def _check_finite(values: np.ndarray, items: np.ndarray, where: str) -> None:
+    """Stored latents (float16/float32, exact in float32) of the shard items ``items`` are finite."""
+    finite = np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+    if not finite.all():
+        item = int(items[int(np.argmax(~finite))])
+        raise DataError(f"{where}: item {item} is not finite (nan or inf); re-encode that shard")
+
+
 class Latents(Dataset):
-    """VAE latents from .npz shards, scaled to model units (see the module docstring)."""
+    """VAE latents from .npy shards, scaled to model units (see the module docstring)."""
 
     @attrs.frozen(kw_only=True)
     class Config:
-        path: str = ""  # .npz shard, folder of shards or .zip of shards (docs/scale.md says how to make them)
-        use_labels: bool = False  # class-conditional training; num_labels is 0 when false
-        num_classes: int = attrs.field(default=0, validator=attrs.validators.ge(0))  # 0 = from the labels
-        scaling: Literal["channel-stats", "factor", "none"] = "channel-stats"  # raw VAE units -> model units
-        # raw per-channel means for "channel-stats" (EDM2's for sd-vae-ft-mse at 512 are in docs/scale.md);
-        # empty = measured on a fixed subset of 10,000 latents
-        channel_mean: tuple[float, ...] = ()
-        channel_std: tuple[float, ...] = ()  # raw per-channel stds, likewise; empty = measured
-        scale_factor: float = attrs.field(default=0.18215, validator=attrs.validators.gt(0))
-        # ^ "factor": raw latents times this have unit std (Stable Diffusion's VAE: 0.18215)
-        sigma_data: float = attrs.field(default=0.5, validator=attrs.validators.gt(0))
-        # ^ std of the model-space latents (EDM's sigma_data; EDM2: 0.5); unit-std latents are multiplied by it
-        sample_posterior: bool = True  # with 'std' in the shards: draw mean + std * noise per batch (EDM2)
-        # memory: each process reads the shards into its RAM; mmap: uncompressed shards are memory-mapped (one
-        # page-cache copy for all ranks of a host, nothing read up front); device: all in GPU memory (fastest)
-        storage: Literal["memory", "mmap", "device"] = "memory"
-        max_items: int = attrs.field(default=0, validator=attrs.validators.ge(0))  # random subset; 0 = all
-        vae: str = ""  # local AutoencoderKL folder to decode samples into images (grids, FID, dr-sample); "" = none
+        path: str | None = setting(None, "folder of latent shards (STEM.latents.npy, optional STEM.std.npy and "
+                                         "STEM.labels.npy), one STEM.latents.npy or a .zip of shards, relative to "
+                                         "the working directory; float16/float32 latents, trained on as float32")
+        use_labels: bool = setting(False, "class-conditional training; num_labels is 0 when false")
+        num_classes: int | None = setting(None, "number of classes; unset = the largest label + 1", ge=1)
+        scaling: Literal["channel-stats", "factor", "none"] = setting(
+            "channel-stats", "raw VAE units -> model units: per-channel statistics, one factor, or none")
+        channel_mean: tuple[float, ...] | None = setting(
+            None, "raw per-channel means for channel-stats; unset = measured on a fixed subset of 10,000 latents")
+        channel_std: tuple[float, ...] | None = setting(
+            None, "raw per-channel standard deviations for channel-stats; unset = measured likewise")
+        scale_factor: float = setting(0.18215, "factor: raw latents times this have unit std", gt=0)
+        sigma_data: float = setting(0.5, "std of the model-space latents; unit-std latents are multiplied by it",
+                                    gt=0)
+        sample_posterior: bool = setting(True, "with std in the shards: draw mean + std * noise per batch")
+        storage: Literal["memory", "mmap", "device"] = setting(
+            "memory", "memory: each process reads the shards into its RAM; mmap: shard files are memory-mapped "
+            "(one page-cache copy for all ranks of a host, nothing read up front); device: all in GPU memory")
+        max_items: int | None = setting(None, "train on a fixed random subset of this many latents; unset = all",
+                                        ge=2)
+        vae: str | None = setting(None, "local AutoencoderKL folder to decode samples into images (grids, FID, "
+                                        "dr-sample); unset = none")
 
     def __init__(self, config: Config | None = None) -> None:
         super().__init__(config)
@@ -205,45 +90,48 @@ class Latents(Dataset):
         path = Path(c.path).expanduser()
         if not path.exists():
             raise DataError(f"dataset latents: {path} (dataset.path) does not exist. To " + PREPARE)
-        self._src = ShardSource(path)
-        if not self._src.names:
-            raise DataError(f"dataset latents: {path} holds no .npz shards. To " + PREPARE)
+        self._src = ShardSource(path, "to " + PREPARE)
+        if not self._src.stems:
+            raise DataError(f"dataset latents: {path} holds no latent shards (*.latents.npy). To " + PREPARE)
         if c.storage == "mmap" and self._src.zip is not None:
             raise DataError(f"dataset latents: storage = \"mmap\" maps shard files, not members of {path}; unzip it "
                             "into a folder or use storage = \"memory\"")
-        self.shards = [scan_shard(self._src, name) for name in self._src.names]
-        self._check_shards()
-        first = self.shards[0].latents.shape
-        self._shape: tuple[int, ...] = tuple(int(d) for d in first[1:])
+        self.shards = [scan_shard(self._src, stem) for stem in self._src.stems]
+        first = self.shards[0]
+        for s in self.shards[1:]:
+            if s.shape[1:] != first.shape[1:]:
+                raise DataError(f"dataset latents: {s.where} holds latents of {_describe(s.shape[1:])} but "
+                                f"{first.where} holds {_describe(first.shape[1:])}; all shards must come from "
+                                "one VAE at one resolution")
+        self._shape: tuple[int, ...] = first.shape[1:]
         chans = self._shape[0]
         for key in ("channel_mean", "channel_std"):
             value = getattr(c, key)
-            if value and len(value) != chans:
+            if value is not None and len(value) != chans:
                 raise DataError(f"dataset latents: dataset.{key} has {len(value)} values but the latents have "
                                 f"{chans} channels")
-        if c.channel_std and min(c.channel_std) <= 0:
+        if c.channel_std is not None and min(c.channel_std) <= 0:
             raise DataError(f"dataset latents: dataset.channel_std must be positive, got {list(c.channel_std)}")
         self._starts = np.cumsum([0] + [s.size for s in self.shards])
         total = int(self._starts[-1])
+        check_shape((total, *self._shape), f"dataset latents ({path})", expected="(N, C, H, W)", ndim=4)
         self._keep: np.ndarray | None = None  # global indices of the items used (max_items), sorted
-        if 0 < c.max_items < total:
-            rng = np.random.default_rng(0)
-            self._keep = np.sort(rng.choice(total, c.max_items, replace=False))
+        if c.max_items is not None and c.max_items < total:
+            self._keep = np.sort(np.random.default_rng(0).choice(total, c.max_items, replace=False))
         self._len = len(self._keep) if self._keep is not None else total
-        self._has_std = all(s.std is not None for s in self.shards)
+        self._has_std = all(s.has_std for s in self.shards)
         self._use_std = c.sample_posterior and self._has_std
         self._labels_np: np.ndarray | None = None
         self._num_classes = 0
         if c.use_labels:
             missing = [s.where for s in self.shards if s.labels is None]
             if missing:
-                raise DataError(f"dataset latents: use_labels = true but {missing[0]} has no 'labels'"
+                raise DataError(f"dataset latents: use_labels = true but {missing[0]} has no labels file"
                                 + (f" ({len(missing)} shards in all)" if len(missing) > 1 else ""))
             labels = np.concatenate([s.labels for s in self.shards if s.labels is not None])
-            check_labels(labels, total, f"dataset latents ({path})", c.num_classes)
+            check_labels(labels, total, f"dataset latents ({path})", c.num_classes or 0)
             self._num_classes = c.num_classes or int(labels.max()) + 1  # from every shard, not the subset
-            labels = labels[self._keep] if self._keep is not None else labels
-            self._labels_np = labels
+            self._labels_np = labels[self._keep] if self._keep is not None else labels
         self._device = torch.device("cpu")
         self._data: Tensor | None = None  # memory / device storage: (N, C, H, W) as stored
         self._std: Tensor | None = None
@@ -252,21 +140,6 @@ class Latents(Dataset):
         self._shift: Tensor | None = None  # model = (raw - shift) * scale, per channel
         self._scale: Tensor | None = None
         self._vae: Any = None
-
-    def _check_shards(self) -> None:
-        first = self.shards[0]
-        for s in self.shards[1:]:
-            if s.latents.shape[1:] != first.latents.shape[1:]:
-                raise DataError(f"dataset latents: {s.where} holds latents of {_describe(s.latents.shape[1:])} but "
-                                f"{first.where} holds {_describe(first.latents.shape[1:])}; all shards must come from "
-                                "one VAE at one resolution")
-        if self.config.storage == "mmap":
-            for s in self.shards:
-                for h in (s.latents, s.std):
-                    if h is not None and (not h.stored or h.fortran):
-                        raise DataError(f"dataset latents: {s.where} is compressed (or Fortran-ordered) and cannot be "
-                                        "memory-mapped; write shards with np.savez (as the encoder does) or use "
-                                        "storage = \"memory\"")
 
     # ---- what the engine reads ----
 
@@ -338,8 +211,8 @@ class Latents(Dataset):
             elif c.scaling == "factor":
                 shift, scale = torch.zeros(chans), torch.full((chans,), c.scale_factor * c.sigma_data)
             else:
-                mean, std = (c.channel_mean, c.channel_std)
-                if not mean or not std:
+                mean, std = c.channel_mean, c.channel_std
+                if mean is None or std is None:
                     measured = self.channel_stats()
                     mean, std = mean or measured[0], std or measured[1]
                 shift = torch.tensor(mean, dtype=torch.float32)
@@ -393,7 +266,7 @@ class Latents(Dataset):
 
     def _load(self) -> None:
         """Read every used item into one (N, C, H, W) tensor of the shards' common dtype (std likewise)."""
-        dtype = np.result_type(*[s.latents.dtype for s in self.shards])
+        dtype = np.result_type(*[s.dtype for s in self.shards])
         mean = np.empty((self._len, *self._shape), dtype)
         std = np.empty_like(mean) if self._use_std else None
         pos = 0
@@ -401,23 +274,15 @@ class Latents(Dataset):
             keep = self._local_keep(k)
             if keep is not None and not len(keep):
                 continue
-            with self._src.open(s.name) as f:
-                try:
-                    with np.load(f, allow_pickle=False) as data:
-                        arrays = {"latents": data["latents"], **({"std": data["std"]} if std is not None else {})}
-                except Exception as exc:
-                    raise DataError(f"{s.where}: cannot read the latents ({type(exc).__name__}: {exc})") from exc
+            items = keep if keep is not None else np.arange(s.size)
             for key, out in (("latents", mean), ("std", std)):
                 if out is None:
                     continue
-                a = arrays[key] if keep is None else arrays[key][keep]
-                rows_ok = np.isfinite(a.reshape(a.shape[0], -1)).all(axis=1)
-                if not rows_ok.all():
-                    bad = int(np.argmax(~rows_ok))
-                    raise DataError(f"{s.where}: '{key}' of item {bad if keep is None else int(keep[bad])} is not "
-                                    "finite (nan or inf); re-encode that shard")
-                out[pos:pos + a.shape[0]] = a
-            pos += (s.size if keep is None else len(keep))
+                a = self._src.read(s.stem, key)
+                a = a if keep is None else a[keep]
+                _check_finite(a, items, self._src.where(s.stem, key))
+                out[pos:pos + len(items)] = a
+            pos += len(items)
         self._data = torch.from_numpy(mean)
         self._std = torch.from_numpy(std) if std is not None else None
         if self.config.storage == "device":
@@ -437,29 +302,28 @@ class Latents(Dataset):
         return sel - lo
 
     def _map_shards(self) -> list[tuple[np.ndarray, np.ndarray | None]]:
-        maps = []
-        for s in self.shards:
-            file = self._src.file(s.name)
-            arrays = [np.memmap(file, dtype=h.dtype, mode="r", offset=h.offset, shape=h.shape) if h is not None
-                      else None for h in (s.latents, s.std if self._use_std else None)]
-            maps.append((arrays[0], arrays[1]))
-        return maps
+        return [(self._src.map(s.stem, "latents"), self._src.map(s.stem, "std") if self._use_std else None)
+                for s in self.shards]
 
     def _gather_maps(self, glob: np.ndarray, with_std: bool) -> tuple[Tensor, Tensor | None]:
         """Rows of the memory-mapped shards, read shard by shard in index order (one pass over the pages)."""
         assert self._maps is not None
         shard = np.searchsorted(self._starts, glob, side="right") - 1
-        dtype = np.result_type(*[s.latents.dtype for s in self.shards])
+        dtype = np.result_type(*[s.dtype for s in self.shards])
         mean = np.empty((len(glob), *self._shape), dtype)
         std = np.empty_like(mean) if with_std else None
         for k in np.unique(shard):
             rows = np.nonzero(shard == k)[0]
             local = glob[rows] - self._starts[k]
             order = np.argsort(local, kind="stable")
+            items = local[order]
             m, sd = self._maps[k]
-            mean[rows[order]] = m[local[order]]
-            if std is not None and sd is not None:
-                std[rows[order]] = sd[local[order]]
+            for key, src, out in (("latents", m, mean), ("std", sd, std)):
+                if out is None or src is None:
+                    continue
+                values = src[items]
+                _check_finite(values, items, self._src.where(self.shards[k].stem, key))
+                out[rows[order]] = values
         return torch.from_numpy(mean), (torch.from_numpy(std) if std is not None else None)
 
     def describe(self) -> Iterator[str]:
@@ -475,11 +339,12 @@ class SyntheticLatents(Dataset):
 
     @attrs.frozen(kw_only=True)
     class Config:
-        shape: tuple[int, ...] = (4, 64, 64)  # shape of one latent (C, H, W); (4, 64, 64) = 512x512 through SD's VAE
-        num_labels: int = attrs.field(default=1000, validator=attrs.validators.ge(0))  # classes; 0 = unconditional
-        num_items: int = attrs.field(default=1024, validator=attrs.validators.gt(0))  # size of the random pool
-        seed: int = 0  # seed of the pool and its labels
-        sigma_data: float = attrs.field(default=0.5, validator=attrs.validators.gt(0))  # std of the latents
+        shape: tuple[int, ...] = setting((4, 64, 64), "shape of one latent (C, H, W); (4, 64, 64) = 512x512 "
+                                                      "through Stable Diffusion's VAE")
+        num_labels: int = setting(1000, "classes; 0 = unconditional", ge=0)
+        num_items: int = setting(1024, "size of the random pool", ge=2)
+        seed: int = setting(0, "seed of the pool and its labels")
+        sigma_data: float = setting(0.5, "standard deviation of the latents", gt=0)
 
     def __init__(self, config: Config | None = None) -> None:
         super().__init__(config)

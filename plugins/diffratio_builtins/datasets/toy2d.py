@@ -6,12 +6,13 @@ import math
 from pathlib import Path
 
 import attrs
-import numpy as np
 import torch
 from torch import Tensor
 
 from diffratio import DataError, Dataset
 from diffratio.analytic import GaussianMixture, grid, ring
+from diffratio.config import setting
+from diffratio_builtins.datasets.validate import check_array, read_npz_array
 
 HOLDOUT_SEED = 987654321  # reference points come from a stream the training data never uses
 
@@ -62,11 +63,11 @@ class Ring(MixtureDataset):
 
     @attrs.frozen(kw_only=True)
     class Config:
-        components: int = attrs.field(default=8, validator=attrs.validators.ge(1))  # Gaussians on the circle
-        radius: float = attrs.field(default=2.0, validator=attrs.validators.gt(0))  # radius of the circle
-        std: float = attrs.field(default=0.1, validator=attrs.validators.gt(0))  # standard deviation of each Gaussian
-        num_points: int = attrs.field(default=50_000, validator=attrs.validators.ge(1))  # training sample
-        seed: int = 0  # seed of the training sample
+        components: int = setting(8, "Gaussians on the circle", ge=1)
+        radius: float = setting(2.0, "radius of the circle", gt=0)
+        std: float = setting(0.1, "standard deviation of each Gaussian", gt=0)
+        num_points: int = setting(50_000, "size of the training sample", ge=2)
+        seed: int = setting(0, "seed of the training sample")
 
     def __init__(self, config: Config | None = None) -> None:
         super().__init__(config)
@@ -79,11 +80,11 @@ class Grid(MixtureDataset):
 
     @attrs.frozen(kw_only=True)
     class Config:
-        side: int = attrs.field(default=5, validator=attrs.validators.ge(1))  # Gaussians per side (side^2 in all)
-        spacing: float = attrs.field(default=1.0, validator=attrs.validators.gt(0))  # distance between neighbours
-        std: float = attrs.field(default=0.05, validator=attrs.validators.gt(0))  # standard deviation of each Gaussian
-        num_points: int = attrs.field(default=50_000, validator=attrs.validators.ge(1))  # training sample
-        seed: int = 0  # seed of the training sample
+        side: int = setting(5, "Gaussians per side (side^2 in all)", ge=1)
+        spacing: float = setting(1.0, "distance between neighbouring Gaussians", gt=0)
+        std: float = setting(0.05, "standard deviation of each Gaussian", gt=0)
+        num_points: int = setting(50_000, "size of the training sample", ge=2)
+        seed: int = setting(0, "seed of the training sample")
 
     def __init__(self, config: Config | None = None) -> None:
         super().__init__(config)
@@ -105,9 +106,9 @@ class TwoMoons(PointDataset):
 
     @attrs.frozen(kw_only=True)
     class Config:
-        noise: float = attrs.field(default=0.05, validator=attrs.validators.ge(0))  # std of the Gaussian noise added
-        num_points: int = attrs.field(default=50_000, validator=attrs.validators.ge(1))  # training sample
-        seed: int = 0  # seed of the training sample
+        noise: float = setting(0.05, "standard deviation of the Gaussian noise added to the points", ge=0)
+        num_points: int = setting(50_000, "size of the training sample", ge=2)
+        seed: int = setting(0, "seed of the training sample")
 
     def __init__(self, config: Config | None = None) -> None:
         super().__init__(config)
@@ -123,36 +124,23 @@ class NpzPoints(PointDataset):
 
     @attrs.frozen(kw_only=True)
     class Config:
-        path: str  # .npz file
-        key: str = "x"  # array name inside the file
-        holdout: float = attrs.field(default=0.1, validator=[attrs.validators.ge(0), attrs.validators.lt(1)])
-        # ^ fraction of the points held out (never trained on) as the reference of metrics
+        path: str = setting(doc=".npz file holding the points, relative to the working directory; the array is "
+                                "numeric (N, d) with N >= 2 and is trained on as float32")
+        key: str = setting("x", "name of the array inside the .npz file")
+        holdout: float = setting(0.1, "fraction of the points held out (never trained on) as the reference of "
+                                      "metrics", ge=0, lt=1)
 
     def __init__(self, config: Config) -> None:
         super().__init__(config)
-        p = Path(config.path)
-        if not p.exists():
-            raise DataError(f"dataset.path: {p} does not exist (an .npz file with an (N, d) array "
-                            f"named {config.key!r})")
-        try:
-            with np.load(p) as data:
-                if config.key not in data:
-                    raise DataError(f"dataset.key: {p} has no array {config.key!r} (arrays: "
-                                    f"{', '.join(data.files) or 'none'})")
-                arr = np.asarray(data[config.key])
-        except DataError:
-            raise
-        except Exception as exc:
-            raise DataError(f"dataset.path: {p} could not be read as .npz: {exc}") from exc
-        if arr.ndim != 2 or arr.shape[0] == 0:
-            raise DataError(f"dataset: {p}[{config.key!r}] must be a non-empty (N, d) array, got shape "
-                            f"{arr.shape}")
-        if not np.isfinite(arr).all():
-            bad = int(np.argwhere(~np.isfinite(arr))[0, 0])
-            raise DataError(f"dataset: {p}[{config.key!r}] row {bad} is not finite")
-        pts = torch.from_numpy(arr.astype(np.float32))
+        path = Path(config.path)
+        where = f"dataset npz-points ({path}[{config.key!r}])"
+        arr = read_npz_array(path, config.key, "dataset npz-points (dataset.path)")
+        pts = torch.from_numpy(check_array(arr, where, expected="(N, d)", ndim=2))
         perm = torch.randperm(len(pts), generator=torch.Generator().manual_seed(0))
         n_hold = int(round(config.holdout * len(pts)))
+        if len(pts) - n_hold < 2:
+            raise DataError(f"{where}: of its {len(pts)} rows dataset.holdout = {config.holdout} leaves "
+                            f"{len(pts) - n_hold} to train on; lower dataset.holdout or add rows")
         self.held = pts[perm[:n_hold]]
         self.points = pts[perm[n_hold:]]
 
