@@ -6,7 +6,7 @@ packaged full-precision ``default_1.pt``, nv-bilinear resize to 299x299, the TF 
 ``sqrtm``); ``dr-eval`` runs through its click command, once computing and caching the reference
 statistics and once reusing them. Both FIDs must equal the reference to 1e-3 relative.
 
-The Inception features are the slow part on a CPU: the test keeps to 400 image passes in all.
+The Inception features are the slow part on a CPU: the test keeps to 500 image passes in all.
 """
 
 from __future__ import annotations

@@ -32,10 +32,18 @@ _CTX = {"help_option_names": ["-h", "--help"]}
 
 
 def _device(name: str) -> torch.device:
-    """``auto``: the GPU when there is one, else the CPU."""
+    """``auto``: the GPU when there is one, else the CPU; a named device must exist here."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise click.BadParameter(f"{name!r} is not a device ({exc}); use auto, cpu, cuda or cuda:N",
+                                 param_hint="--device") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise click.BadParameter("no CUDA GPU is visible to torch here; use --device cpu (or auto)",
+                                 param_hint="--device")
+    return device
 
 
 def _check_reference_file(path: Path) -> None:
