@@ -120,12 +120,14 @@ def test_progress_prints_lines_when_not_a_terminal(capsys: pytest.CaptureFixture
 
 
 def test_fid_metric_on_point_data_says_it_needs_images(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from diffratio_builtins.metrics.fid import FID
+    from diffratio_builtins.metrics.fid import FCD, FID
 
     monkeypatch.setattr(fid_features.importlib.util, "find_spec", lambda name: None)  # package not installed
     points = Points(np.zeros((10, 2), np.uint8))
     with pytest.raises(DataError, match="metric 'fid' needs image data"):
         FID().compute(make_ctx(points, lambda n: torch.zeros(n, 2), tmp_path))
+    with pytest.raises(DataError, match="metric 'fcd' needs image data"):
+        FCD().check_data(points)
 
 
 def test_energy_metric_warns_when_it_averages_fewer_draws() -> None:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from diffratio import DataError, EvalContext, Metric
+from diffratio import DataError, Dataset, EvalContext, Metric
 from diffratio import fid as fidlib
 from diffratio.config import setting
 from diffratio_builtins.metrics import classifier as clf
@@ -112,10 +112,14 @@ class FCD(Metric):
         idx = self._subset(len(labels)).numpy()
         return clf.fit_images(images[idx], shape, self.config.fit), labels[idx], k
 
+    def check_data(self, dataset: Dataset) -> None:
+        """Stop with "needs image data" unless ``dataset`` gives images (cheap; usable before a run starts)."""
+        fidlib.check_image_data(dataset, "metric 'fcd'")
+
     def compute(self, ctx: EvalContext) -> dict[str, float]:
         cfg = self.config
         n = cfg.num_samples
-        fidlib.check_image_data(ctx.dataset, "metric 'fcd'")
+        self.check_data(ctx.dataset)
         gen = generated_images(ctx, n, "fcd")
         net = self.classifier(ctx, tuple(gen.shape[1:]))  # type: ignore[arg-type]
         if self._ref is None:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from diffratio import EvalContext, Metric
+from diffratio import Dataset, EvalContext, Metric
 from diffratio import fid as fidlib
 from diffratio.config import setting
 from diffratio_builtins.metrics.fcd import FCD, generated_images
@@ -66,9 +66,13 @@ class FID(Metric):
                                                batch_size=cfg.batch_size)
         return self._ref
 
+    def check_data(self, dataset: Dataset) -> None:
+        """Stop with "needs image data" unless ``dataset`` gives images (cheap; usable before a run starts)."""
+        fidlib.check_image_data(dataset, "metric 'fid'")
+
     def compute(self, ctx: EvalContext) -> dict[str, float]:
         cfg = self.config
-        fidlib.check_image_data(ctx.dataset, "metric 'fid'")
+        self.check_data(ctx.dataset)
         ref = self.reference_stats(ctx)
         feats = self.features(generated_images(ctx, cfg.num_samples, "fid"), ctx.device)
         gen = fidlib.FeatureStats.from_features(feats)
