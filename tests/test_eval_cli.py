@@ -72,7 +72,7 @@ def test_dr_eval_shows_progress_and_announces_caches(tiny_weights: Path, tmp_pat
     assert len(cached) == 1
     assert "FID features of reference ref: 60/60 img" in first.stderr
     assert "FID features of samples.npz: 60/60 img" in first.stderr
-    assert f"cached FID statistics of 60 images in {cached[0]} (" in first.stderr and "MiB)" in first.stderr
+    assert f"cached FID statistics of 60 images in {cached[0]} (" in first.stderr and "KiB)" in first.stderr
     second = runner.invoke(dr_eval, args)
     assert second.exit_code == 0, second.output
     assert f"using cached FID statistics {cached[0]} (" in second.stderr

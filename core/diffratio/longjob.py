@@ -76,10 +76,10 @@ def notify(message: str) -> None:
 
 
 def describe_file(path: str | Path) -> str:
-    """``path (12.3 MiB)``."""
+    """``path (12.3 MiB)`` (KiB below one MiB)."""
     p = Path(path)
     size = p.stat().st_size if p.is_file() else 0
-    return f"{p} ({size / 2**20:.1f} MiB)"
+    return f"{p} ({size / 2**20:.1f} MiB)" if size >= 2**20 else f"{p} ({size / 2**10:.1f} KiB)"
 
 
 @contextlib.contextmanager
