@@ -21,6 +21,7 @@ from cattrs.errors import (
     ClassValidationError,
     ForbiddenExtraKeysError,
     IterableValidationError,
+    IterableValidationNote,
 )
 from cattrs.gen import make_dict_structure_fn
 
@@ -125,10 +126,19 @@ def _make_converter() -> cattrs.Converter:
             raise TypeError(f"expected an array, got {type(value).__name__} ({value!r})")
         args = typing.get_args(type_)
         if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(conv.structure(v, args[0]) for v in value)
-        if len(args) != len(value):
+            args = (args[0],) * len(value)
+        elif len(args) != len(value):
             raise ValueError(f"expected an array of {len(args)} values, got {len(value)}")
-        return tuple(conv.structure(v, a) for v, a in zip(value, args, strict=True))
+        out, errors = [], []
+        for i, (v, a) in enumerate(zip(value, args, strict=True)):
+            try:
+                out.append(conv.structure(v, a))
+            except Exception as exc:  # each element's problem, at its index
+                exc.add_note(IterableValidationNote(f"Structuring {type_} @ index {i}", i, a))
+                errors.append(exc)
+        if errors:
+            raise IterableValidationError(f"While structuring {type_}", errors, type_)
+        return tuple(out)
 
     conv.register_structure_hook_func(lambda t: typing.get_origin(t) is tuple, structure_tuple)
 
