@@ -52,7 +52,8 @@ class Bound:
             raise ValueError(f"must be {_OPS[self.op][1]} {self.limit}, got {value!r}")
 
     def holds(self, value: Any) -> bool:
-        return bool(_OPS[self.op][0](value, self.limit))
+        """Whether ``value`` keeps the bound (None, an unset optional value, always does)."""
+        return value is None or bool(_OPS[self.op][0](value, self.limit))
 
     def __str__(self) -> str:
         return f"{_OPS[self.op][1]} {self.limit}"
