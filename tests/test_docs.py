@@ -5,23 +5,41 @@ files exactly, and docs/tensorboard.md names every summary that tiny runs of the
 
 from __future__ import annotations
 
+import importlib.util
 import re
+import subprocess
+import sys
 import tomllib
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 import pytest
 import torch
 
-from diffratio import docgen
+import diffratio
+from diffratio.config import config_fields, setting
 from diffratio.engine import training_loop
 from diffratio.recipe import load_recipe
+from diffratio.registry import Provider, Registry
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 EXAMPLE = ROOT / "examples" / "diffratio-hellinger"
+
+
+def _load_docgen() -> Any:
+    """tools/docgen.py, the generator of docs/recipes.md and docs/cli.md (not part of the package)."""
+    spec = importlib.util.spec_from_file_location("docgen", ROOT / "tools" / "docgen.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["docgen"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+docgen = _load_docgen()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -40,8 +58,8 @@ def test_recipes_reference_is_current() -> None:
 
 def test_every_field_has_a_meaning() -> None:
     missing = docgen.missing_meanings()
-    assert not missing, ("fields without a meaning (add a trailing `# comment` to the field in the source):\n"
-                         + "\n".join(missing))
+    assert not missing, ("fields without a meaning (declare them with diffratio.config.setting(default, "
+                         "\"meaning\")):\n" + "\n".join(missing))
 
 
 def test_reference_covers_every_builtin_component_and_field() -> None:
@@ -55,56 +73,73 @@ def test_reference_covers_every_builtin_component_and_field() -> None:
 
 
 @attrs.frozen(kw_only=True)
-class _Commented:
-    """Fields documented in every way docgen understands.
-
-    from_docstring: given in the class docstring
-    """
-
-    trailing: int = 1  # a trailing comment
-    wrapped: float = attrs.field(
-        default=0.5)  # a comment on the last line of a field over two lines
-    # a comment on the line above,
-    # over two lines
-    above: str = "x"
-    below: bool = attrs.field(default=True)
-    # ^ a comment under the field
-    from_docstring: int = 3
-    continued: int = 5
-    # ^ a comment under the field,
-    #   continued on an indented line
-    # then the next field's comment above it
-    after_continued: int = 6
+class _Documented:
+    count: int = setting(1, "how many", ge=1)
+    fraction: float = setting(0.5, "a share", ge=0, lt=1)
+    mode: Literal["a", "b"] = setting("a", "how it is done")
     undocumented: int = 4
 
 
 @attrs.frozen(kw_only=True)
 class _Nested:
-    inner: _Commented = _Commented(trailing=7)  # a nested table
-    pair: tuple[float, float] = (0.0, 0.99)  # a pair
-    choice: str | None = None  # optional
+    inner: _Documented = setting(_Documented(count=7), "a nested table")
+    pair: tuple[float, float] = setting((0.0, 0.99), "a pair")
+    choice: str | None = setting(None, "optional")
 
 
-def test_meanings_come_from_comments_and_docstrings() -> None:
-    assert docgen.field_meanings(_Commented) == {
-        "trailing": "a trailing comment",
-        "wrapped": "a comment on the last line of a field over two lines",
-        "above": "a comment on the line above, over two lines",
-        "below": "a comment under the field",
-        "from_docstring": "given in the class docstring",
-        "continued": "a comment under the field, continued on an indented line",
-        "after_continued": "then the next field's comment above it",
-    }
+def test_meanings_and_bounds_come_from_field_metadata() -> None:
+    rows = {r.key: r for r in config_fields(_Documented)}
+    assert {k: r.meaning for k, r in rows.items()} == {"count": "how many", "fraction": "a share",
+                                                        "mode": "how it is done", "undocumented": ""}
+    assert rows["fraction"].type_and_bounds == "float, >= 0, < 1"
+    assert rows["mode"].type == 'one of "a", "b"'
 
 
 def test_nested_tables_expand_with_the_defaults_of_the_field() -> None:
-    rows = {r.key: r for r in docgen.config_fields(_Nested)}
-    assert rows["inner"].type == "table (_Commented)" and rows["inner"].meaning == "a nested table"
-    assert rows["inner.trailing"].default == "7"  # the field's default, not _Commented's own
-    assert rows["inner.above"].default == '"x"'
-    assert rows["inner.undocumented"].meaning is None
+    rows = {r.key: r for r in config_fields(_Nested)}
+    assert rows["inner"].type == "table (_Documented)" and rows["inner"].meaning == "a nested table"
+    assert rows["inner.count"].default == "7"  # the field's default, not _Documented's own
+    assert rows["inner.mode"].default == '"a"'
+    assert rows["inner.undocumented"].meaning == ""
     assert (rows["pair"].type, rows["pair"].default) == ("array [float, float]", "[0.0, 0.99]")
     assert (rows["choice"].type, rows["choice"].default) == ("str (optional)", "unset")
+
+
+class _Undocumented(diffratio.Divergence):
+    @attrs.frozen(kw_only=True)
+    class Config:
+        alpha: float = 1.0
+        beta: float = setting(1.0, "documented")
+
+    def weight(self, f: torch.Tensor) -> torch.Tensor:
+        return torch.ones_like(f)
+
+
+class _Plugin:
+    @diffratio.hookimpl
+    def diffratio_divergences(self) -> Any:
+        yield diffratio.DivergenceSpec(name="undocumented", cls=_Undocumented, description="test")
+
+
+def test_a_field_without_a_meaning_is_reported() -> None:
+    registry = Registry()
+    registry.register(_Plugin(), Provider("local", "local", "0"))
+    registry.load(builtins=False, entry_points=False)
+    missing = docgen.missing_meanings(registry)
+    assert [m for m in missing if "undocumented" in m] == [
+        f"[divergence] undocumented: alpha ({__name__}._Undocumented.Config)"]
+
+
+def test_recipes_reference_states_path_and_set_rules() -> None:
+    text = (DOCS / "recipes.md").read_text()
+    assert "relative to the working directory" in text
+    assert "--set run.name='\"my run\"'" in text
+
+
+def test_generator_runs_as_a_script() -> None:
+    res = subprocess.run([sys.executable, "tools/docgen.py"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == (DOCS / "recipes.md").read_text()
 
 
 # --------------------------------------------------------------------------------------------------

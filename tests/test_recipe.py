@@ -4,12 +4,16 @@ message without a traceback and exits non-zero; --set overrides and precedence."
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Literal
 
+import attrs
 import pytest
 
+import diffratio
+from diffratio.config import setting
 from diffratio.errors import RecipeError
-from diffratio.recipe import load_recipe, parse_set, resolve_recipe
-from diffratio.registry import default_registry
+from diffratio.recipe import load_recipe, parse_set, resolve_recipe, structure_config
+from diffratio.registry import Provider, Registry, default_registry
 
 from conftest import RECIPES, run_cli, sets
 
@@ -182,3 +186,137 @@ def test_dry_run_prints_resolved_config_and_providers() -> None:
 def test_mlp_input_features_must_be_even() -> None:
     errs = errors_of(base(), "backbone.input_features=3")
     assert any(e.startswith("recipe.backbone.input_features: must be an even number >= 0") for e in errs), errs
+
+
+# --------------------------------------------------------------------------------------------------
+# --set means what it says
+# --------------------------------------------------------------------------------------------------
+
+
+def test_setting_the_run_name_keeps_the_run_table() -> None:
+    r = load_recipe(TOY, ["run.name=x"], registry=REG)
+    assert (r.settings.name, r.settings.steps, r.settings.batch_size) == ("x", 2000, 1024)  # the recipe's values
+
+
+@pytest.mark.parametrize("order", [("dataset.std=0.3", "dataset.name=grid"), ("dataset.name=grid", "dataset.std=0.3")])
+def test_a_components_name_applies_before_its_fields_whatever_the_order(order: tuple[str, str]) -> None:
+    r = resolve_recipe(base(), order, registry=REG)
+    assert r.components["dataset"].name == "grid" and r.components["dataset"].config.std == 0.3
+
+
+def test_naming_the_same_component_keeps_its_settings() -> None:
+    doc = base()
+    doc["dataset"]["radius"] = 3.0
+    r = resolve_recipe(doc, ["dataset.name=ring"], registry=REG)
+    assert r.components["dataset"].config.radius == 3.0 and r.notes == ()
+    doc = base()
+    doc["schedule"] = {"p_mean": -0.4}  # no name: the default component, lognormal
+    r = resolve_recipe(doc, ["schedule.name=lognormal"], registry=REG)
+    assert r.components["schedule"].config.p_mean == -0.4 and r.notes == ()
+
+
+def test_a_change_of_component_drops_the_old_settings_and_says_which(capsys: pytest.CaptureFixture[str]) -> None:
+    r = load_recipe(TOY, ["dataset.name=moons", "dataset.noise=0.1"], registry=REG)
+    assert r.components["dataset"].name == "moons" and r.components["dataset"].config.noise == 0.1
+    (note,) = r.notes
+    assert "'ring' to 'moons'" in note and "components = 8, radius = 2.0, std = 0.1" in note
+    assert f"note: {note}" in capsys.readouterr().err  # printed on the console
+
+
+def test_metrics_and_loggers_are_switched_off_not_dropped() -> None:
+    r = load_recipe(TOY, ["loggers.tensorboard=false"], registry=REG)
+    assert "tensorboard" not in r.loggers and "energy-distance" in r.metrics
+
+
+def test_set_quoting_rule_as_documented() -> None:
+    """The rule of recipe.SET_RULE, as the shell hands the values over."""
+    assert parse_set('run.name="my run"') == (["run", "name"], "my run")  # --set run.name='"my run"'
+    assert parse_set("run.name='my run'") == (["run", "name"], "my run")  # --set "run.name='my run'"
+    assert parse_set("method.init=runs/toy2d-pretrain") == (["method", "init"], "runs/toy2d-pretrain")
+    assert parse_set("run.name=2024") == (["run", "name"], 2024)  # TOML first: a number stays a number
+    for bad in ("run.name=my run", "run.name=2x", "run.name=-x"):
+        with pytest.raises(RecipeError, match="quotes"):
+            parse_set(bad)
+
+
+def test_cli_set_quoting(tmp_path: Path) -> None:
+    import json
+
+    res = run_cli("dr-train", str(TOY), "--dry-run", "--set", 'run.name="my run"')
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["config"]["run"]["name"] == "my run"
+
+
+# --------------------------------------------------------------------------------------------------
+# Error paths from cattrs' structured errors, for any component's Config
+# --------------------------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class _Inner:
+    lr: float = setting(1e-4, "learning rate", ge=0)
+    steps: int = setting(1, "steps", ge=1)
+
+
+@attrs.frozen(kw_only=True)
+class _Outer:
+    p_std: float = setting(1.2, "standard deviation", gt=0)
+    threads: int = setting(0, "threads", ge=0)
+    mode: Literal["a", "b"] = setting("a", "mode")
+    inner: _Inner = setting(_Inner(), "a nested table")
+    pairs: tuple[_Inner, ...] = setting((), "an array of tables")
+    plain: int = attrs.field(default=0, validator=attrs.validators.ge(0))
+
+
+def test_every_bad_value_of_a_config_is_reported_with_its_path() -> None:
+    _, errs = structure_config({"p_std": -1.0, "threads": -1, "mode": "c", "inner": {"lr": -1.0, "steps": 0}},
+                               _Outer, "recipe.schedule")
+    assert errs == ["recipe.schedule.mode: must be one of 'a', 'b', got 'c'",
+                    "recipe.schedule.inner.lr: must be >= 0, got -1.0",
+                    "recipe.schedule.inner.steps: must be >= 1, got 0",
+                    "recipe.schedule.p_std: must be > 0, got -1.0",
+                    "recipe.schedule.threads: must be >= 0, got -1"]
+
+
+def test_type_errors_and_bound_violations_are_reported_together() -> None:
+    _, errs = structure_config({"p_std": -1.0, "threads": "many", "alpah": 1, "pairs": [{"lr": 1.0}, {"lr": -2.0}]},
+                               _Outer, "recipe.x")
+    assert "recipe.x.threads: expected int, got str ('many')" in errs
+    assert "recipe.x.p_std: must be > 0, got -1.0" in errs
+    assert any(e.startswith("recipe.x.alpah: unknown key (known keys: p_std, threads,") for e in errs)
+    assert "recipe.x.pairs[1].lr: must be >= 0, got -2.0" in errs
+    assert len(errs) == 4
+
+
+def test_plain_attrs_validators_are_reported_at_their_path_too() -> None:
+    _, errs = structure_config({"plain": -1, "threads": -1}, _Outer, "recipe.x")
+    assert errs[0] == "recipe.x.threads: must be >= 0, got -1"
+    assert len(errs) == 2 and errs[1].startswith("recipe.x.plain: ") and "-1" in errs[1]
+
+
+def test_a_table_given_another_value_names_it() -> None:
+    _, errs = structure_config({"inner": 3}, _Outer, "recipe.x")
+    assert errs == ["recipe.x.inner: expected a table ({key = value, ...}), got int"]
+
+
+def test_a_local_component_configs_bounds_fail_the_recipe() -> None:
+    registry = Registry()
+
+    class Schedule(diffratio.NoiseSchedule):
+        Config = _Outer
+
+        def sample(self, n: int, device: Any = "cpu") -> Any:
+            raise NotImplementedError
+
+    class Plugin:
+        @diffratio.hookimpl
+        def diffratio_schedules(self) -> Any:
+            yield diffratio.ScheduleSpec(name="local", cls=Schedule, description="test")
+
+    registry.register(Plugin(), Provider("local", "local", "0"))
+    registry.load(entry_points=False)
+    doc = {**base(), "schedule": {"name": "local", "p_std": -1.0}, "run": {"batch_size": 0}}
+    with pytest.raises(RecipeError) as err:
+        resolve_recipe(doc, registry=registry)
+    assert err.value.errors == ["recipe.run.batch_size: must be >= 1, got 0",
+                                "recipe.schedule.p_std: must be > 0, got -1.0"]

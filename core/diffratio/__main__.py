@@ -7,7 +7,7 @@ import click
 from diffratio.cli import plugins, sample, train
 
 
-@click.group()
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """diffratio command-line tools (the same as dr-train, dr-plugins, dr-sample, dr-eval, dr-dataset)."""
 

@@ -73,43 +73,47 @@ def train(recipe: Path, sets: tuple[str, ...], dry_run: bool, run_dir: Path | No
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @friendly_errors
 def plugins(kind: str | None, as_json: bool) -> None:
-    """List every registered component: kind, name, providing package and version, config fields."""
+    """List every registered component: kind, name, providing package and version, and its config fields
+    (type and bounds, default, meaning)."""
+    from diffratio.config import config_fields
+    from diffratio.errors import DiffRatioError
     from diffratio.registry import default_registry
 
     registry = default_registry()
-    rows = []
+    if kind is not None and kind not in registry.components:
+        raise DiffRatioError(f"unknown --kind {kind!r}; the kinds are: {', '.join(registry.components)}")
+    rows, docs = [], []
     for k, entries in registry.components.items():
         if kind and k != kind:
             continue
         for name in sorted(entries):
             e = entries[name]
-            fields = [{"name": f.name, "type": _type_name(f.type), "default": _default(f)}
-                      for f in attrs.fields(e.spec.cls.Config)]
+            docs.append(config_fields(e.spec.cls.Config))
+            fields = [{"name": r.key, "type": r.type, "bounds": r.bounds, "default": _default(r), "doc": r.meaning}
+                      for r in docs[-1]]
             rows.append({"kind": k, "name": name, "package": e.provider.package, "version": e.provider.version,
                          "plugin": e.provider.plugin, "description": e.spec.description, "fields": fields})
     if as_json:
         click.echo(json.dumps({"components": rows, "failures": [attrs.asdict(f) for f in registry.failures]},
-                              indent=2, default=str))
+                              indent=2, default=_type_name))
         return
-    for r in rows:
+    for r, fields in zip(rows, docs, strict=True):
         click.echo(f"{r['kind']:<11} {r['name']:<18} {r['package']} {r['version']}  {r['description']}")
-        for f in r["fields"]:
-            click.echo(f"{'':<31}{f['name']}: {f['type']} = {f['default']}")
+        for f in fields:
+            value = "" if f.default == "see below" else f" = {f.default}"
+            click.echo(f"{'':<31}{f.key}{value}  ({f.type_and_bounds})" + (f": {f.meaning}" if f.meaning else ""))
     for f in registry.failures:
         click.echo(f"FAILED      plugin {f.plugin!r} (package {f.package}): {f.error}", err=True)
 
 
-def _type_name(t: Any) -> str:
-    return getattr(t, "__name__", None) or str(t).replace("typing.", "")
+def _type_name(value: Any) -> Any:
+    """A default that JSON cannot spell as it is: a nested config as its table, anything else as text."""
+    return attrs.asdict(value) if attrs.has(type(value)) else str(value)
 
 
-def _default(f: attrs.Attribute) -> Any:
-    d = f.default
-    if d is attrs.NOTHING:
-        return "(required)"
-    if isinstance(d, attrs.Factory):  # type: ignore[arg-type]
-        return d.factory()
-    return d
+def _default(row: Any) -> Any:
+    """A field's default as ``dr-plugins`` shows it (a ``FieldDoc`` row)."""
+    return "(required)" if row.value is attrs.NOTHING else row.value
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

@@ -11,6 +11,7 @@ import attrs
 from torch import Tensor
 
 from diffratio import Logger
+from diffratio.config import setting
 
 
 class TensorBoardLogger(Logger):
@@ -18,8 +19,8 @@ class TensorBoardLogger(Logger):
 
     @attrs.frozen(kw_only=True)
     class Config:
-        subdir: str = "tensorboard"  # folder of the event files inside the run directory
-        flush_secs: int = 30  # seconds between writes of pending events to disk
+        subdir: str = setting("tensorboard", "folder of the event files inside the run directory")
+        flush_secs: int = setting(30, "seconds between writes of pending events to disk", ge=1)
 
     def __init__(self, config: Config | None = None, *, run_dir: str) -> None:
         super().__init__(config, run_dir=run_dir)

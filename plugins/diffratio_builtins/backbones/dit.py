@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from diffratio import Backbone, DiffRatioError
 from diffratio.attention import BACKENDS, attention, check_backend
+from diffratio.config import setting
 from diffratio_builtins.backbones.unet import FourierEmbedding, PositionalEmbedding
 
 #: (depth, hidden width, heads) of the DiT paper's model sizes
@@ -31,9 +32,6 @@ PRESETS: dict[str, tuple[int, int, int]] = {
     "L": (24, 1024, 16),
     "XL": (28, 1152, 16),
 }
-
-_pos = attrs.validators.gt(0)
-_opt_pos = attrs.validators.optional(_pos)
 
 
 def sincos_pos_embed(dim: int, grid_h: int, grid_w: int) -> Tensor:
@@ -119,25 +117,30 @@ class DiTBackbone(Backbone):
 
     @attrs.frozen(kw_only=True)
     class Config:
-        size: Literal["S", "B", "L", "XL"] = "S"  # preset (depth, width, heads): see PRESETS
-        patch_size: int = attrs.field(default=2, validator=_pos)  # side of the square patches
-        depth: int | None = attrs.field(default=None, validator=_opt_pos)  # override the preset's depth
-        hidden: int | None = attrs.field(default=None, validator=_opt_pos)  # override the preset's width
-        heads: int | None = attrs.field(default=None, validator=_opt_pos)  # override the preset's heads
-        encoder_depth: int | None = attrs.field(default=None, validator=_opt_pos)
-        # ^ blocks kept in encoder mode (the ratio estimator); default depth // 2. Fewer is a lighter, faster
-        #   estimator (docs/scale.md); full mode (generator, pretraining) is unchanged by it
-        mlp_ratio: float = attrs.field(default=4.0, validator=_pos)  # MLP width / hidden width
-        pos_embed: Literal["sincos", "learned"] = "sincos"  # fixed 2-D sin/cos, or learned (from sin/cos)
-        embedding: Literal["positional", "fourier"] = "positional"  # features of the noise label
-        noise_channels: int = attrs.field(default=256, validator=_pos)  # width of those features
-        fourier_scale: float = attrs.field(default=16.0, validator=_pos)  # std of the Fourier frequencies
-        label_dropout: float = attrs.field(default=0.0, validator=[attrs.validators.ge(0), attrs.validators.le(1)])
-        # ^ probability of dropping the class embedding in training (classifier-free guidance); off by default
-        attention: Literal["sdpa", "math", "xformers"] = "sdpa"  # attention backend (diffratio.attention)
-        activation_checkpointing: bool = False
-        # ^ recompute each block's activations in the backward pass instead of keeping them: less memory
-        #   (larger batches per GPU), about a third more compute; the results are unchanged (docs/scale.md)
+        size: Literal["S", "B", "L", "XL"] = setting("S", "model size preset (depth, width, heads): " + ", ".join(
+            f"{name} {preset}" for name, preset in PRESETS.items()))
+        patch_size: int = setting(2, "side of the square patches", ge=1)
+        depth: int | None = setting(None, "blocks, in place of the preset's depth", ge=1)
+        hidden: int | None = setting(None, "width, in place of the preset's", ge=1)
+        heads: int | None = setting(None, "attention heads, in place of the preset's", ge=1)
+        encoder_depth: int | None = setting(None, "blocks kept in encoder mode (the ratio estimator); unset = "
+                                            "depth // 2. Fewer is a lighter, faster estimator (docs/scale.md); "
+                                            "full mode (generator, pretraining) is unchanged by it", ge=1,
+                                            structural=False)
+        mlp_ratio: float = setting(4.0, "MLP width / hidden width", gt=0)
+        pos_embed: Literal["sincos", "learned"] = setting("sincos", "position embedding: fixed 2-D sin/cos, or "
+                                                          "learned (starting from sin/cos)")
+        embedding: Literal["positional", "fourier"] = setting("positional", "features of the noise label")
+        noise_channels: int = setting(256, "width of the noise-label features", ge=1)
+        fourier_scale: float = setting(16.0, "standard deviation of the Fourier frequencies (embedding = "
+                                       "\"fourier\")", gt=0, structural=False)
+        label_dropout: float = setting(0.0, "probability of dropping the class embedding in training "
+                                       "(classifier-free guidance); 0 = off", ge=0, le=1, structural=False)
+        attention: Literal["sdpa", "math", "xformers"] = setting("sdpa", "attention backend (diffratio.attention)",
+                                                                 structural=False)
+        activation_checkpointing: bool = setting(False, "recompute each block's activations in the backward pass "
+                                                 "instead of keeping them: less memory (larger batches per GPU), "
+                                                 "about a third more compute, the same results", structural=False)
 
     def __init__(self, config: Config, *, data_shape: tuple[int, ...], num_labels: int = 0,
                  mode: str = "full") -> None:

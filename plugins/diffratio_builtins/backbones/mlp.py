@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from diffratio import Backbone
+from diffratio.config import setting
 
 
 class FourierNoiseEmbedding(nn.Module):
@@ -25,11 +26,10 @@ class FourierNoiseEmbedding(nn.Module):
         return torch.cat([arg.cos(), arg.sin()], dim=1)
 
 
-def _even(instance: object, attribute: attrs.Attribute, value: int) -> None:
-    """attrs validator: a count of sin/cos feature pairs, so even and at least 0."""
+def _even(_instance: object, _attribute: attrs.Attribute, value: int) -> None:
+    """Validator: a count of sin/cos feature pairs, so even and at least 0."""
     if value < 0 or value % 2:
-        # attrs' own wording, which recipe errors turn into "recipe.<table>.<name>: must ..., got ..."
-        raise ValueError(f"'{attribute.name}' must be an even number >= 0, for sin and cos pairs (got {value})")
+        raise ValueError(f"must be an even number >= 0, for sin and cos pairs, got {value}")
 
 
 class MLPBackbone(Backbone):
@@ -41,15 +41,16 @@ class MLPBackbone(Backbone):
 
     @attrs.frozen(kw_only=True)
     class Config:
-        hidden: int = attrs.field(default=128, validator=attrs.validators.gt(0))  # width of every layer
-        depth: int = attrs.field(default=3, validator=attrs.validators.ge(1))  # residual blocks
-        embed_dim: int = attrs.field(default=64, validator=attrs.validators.gt(1))  # noise features
-        dropout: float = 0.0  # dropout probability inside each residual block
-        input_features: int = attrs.field(default=0, validator=_even)
-        # ^ random Fourier features of the input added to it (sin and cos of input_features / 2 projections;
-        #   0 = off): lets the MLP make sharper maps, e.g. a one-step generator's jumps between modes
-        input_scale: float = attrs.field(default=1.0, validator=attrs.validators.gt(0))
-        # ^ standard deviation of those features' frequencies (cycles per unit of the input)
+        hidden: int = setting(128, "width of every layer", ge=1)
+        depth: int = setting(3, "residual blocks", ge=1)
+        embed_dim: int = setting(64, "noise-level features", ge=2)
+        dropout: float = setting(0.0, "dropout probability inside each residual block", ge=0, lt=1,
+                                 structural=False)
+        input_features: int = setting(0, "random Fourier features of the input added to it (sin and cos of "
+                                      "input_features / 2 projections; 0 = off): sharper maps, such as a one-step "
+                                      "generator's jumps between modes", validator=_even)
+        input_scale: float = setting(1.0, "standard deviation of those features' frequencies (cycles per unit "
+                                     "of the input)", gt=0, structural=False)
 
     def __init__(self, config: Config, *, data_shape: tuple[int, ...], num_labels: int = 0,
                  mode: str = "full") -> None:

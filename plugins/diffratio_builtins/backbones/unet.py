@@ -29,8 +29,13 @@ from torch import Tensor, nn
 
 from diffratio import Backbone, DiffRatioError
 from diffratio.attention import BACKENDS, attention, check_backend
+from diffratio.config import setting
 
-_pos = attrs.validators.gt(0)
+
+def _positive_entries(_instance: object, _attribute: object, value: tuple[int, ...]) -> None:
+    """Validator: a non-empty list of positive integers."""
+    if not value or any(m <= 0 for m in value):
+        raise ValueError(f"must be a non-empty list of positive integers, got {list(value)}")
 
 
 class PositionalEmbedding(nn.Module):
@@ -152,32 +157,33 @@ class UNetBackbone(Backbone):
 
     @attrs.frozen(kw_only=True)
     class Config:
-        model_channels: int = attrs.field(default=128, validator=_pos)  # channels of the first level
-        channel_mult: tuple[int, ...] = attrs.field(default=(2, 2, 2))  # per level, times model_channels
-        num_blocks: int = attrs.field(default=4, validator=_pos)  # residual blocks per level (down path)
-        encoder_blocks: int | None = attrs.field(default=None, validator=attrs.validators.optional(_pos))
-        # ^ residual blocks per level kept in encoder mode (the ratio estimator): the first ones of each level;
-        #   default num_blocks. Fewer is a lighter estimator; full mode is unchanged by it (docs/scale.md)
-        attn_resolutions: tuple[int, ...] = (16,)  # resolutions (side length) with self-attention
-        dropout: float = attrs.field(default=0.0, validator=[attrs.validators.ge(0), attrs.validators.lt(1)])
-        # ^ dropout probability inside each residual block (EDM's CIFAR-10 model: 0.13)
-        embedding: Literal["positional", "fourier"] = "positional"  # noise-label features (DDPM++ / NCSN++)
-        fourier_scale: float = attrs.field(default=16.0, validator=_pos)  # std of the Fourier frequencies
-        channel_mult_noise: int = attrs.field(default=1, validator=_pos)  # noise features: this x model_channels
-        channel_mult_emb: int = attrs.field(default=4, validator=_pos)  # embedding width: this x model_channels
-        label_dropout: float = attrs.field(default=0.0, validator=[attrs.validators.ge(0), attrs.validators.le(1)])
-        # ^ probability of dropping the class embedding in training (classifier-free guidance); off by default
-        num_heads: int = attrs.field(default=1, validator=_pos)  # attention heads (DDPM++: 1)
-        head_channels: int = attrs.field(default=0, validator=attrs.validators.ge(0))  # >0: heads = C / this
-        attention: Literal["sdpa", "math", "xformers"] = "sdpa"  # attention backend (diffratio.attention)
-        activation_checkpointing: bool = False
-        # ^ recompute each residual block's activations in the backward pass instead of keeping them: less
-        #   memory, about a third more compute; the results are unchanged (docs/scale.md)
-
-        @channel_mult.validator
-        def _check_mult(self, _attr: attrs.Attribute, value: tuple[int, ...]) -> None:
-            if not value or any(m <= 0 for m in value):
-                raise ValueError(f"channel_mult must be a non-empty list of positive integers, got {list(value)}")
+        model_channels: int = setting(128, "channels of the first level", ge=1)
+        channel_mult: tuple[int, ...] = setting((2, 2, 2), "channels of each level, times model_channels (one "
+                                                "entry per level)", validator=_positive_entries)
+        num_blocks: int = setting(4, "residual blocks per level (down path)", ge=1)
+        encoder_blocks: int | None = setting(None, "residual blocks per level kept in encoder mode (the ratio "
+                                             "estimator): the first ones of each level; unset = num_blocks. Fewer "
+                                             "is a lighter estimator; full mode is unchanged by it (docs/scale.md)",
+                                             ge=1, structural=False)
+        attn_resolutions: tuple[int, ...] = setting((16,), "resolutions (side length) with self-attention")
+        dropout: float = setting(0.0, "dropout probability inside each residual block (EDM's CIFAR-10 model: "
+                                 "0.13)", ge=0, lt=1, structural=False)
+        embedding: Literal["positional", "fourier"] = setting("positional", "noise-label features: positional "
+                                                              "(DDPM++) or fourier (NCSN++)")
+        fourier_scale: float = setting(16.0, "standard deviation of the Fourier frequencies (embedding = "
+                                       "\"fourier\")", gt=0, structural=False)
+        channel_mult_noise: int = setting(1, "width of the noise features, times model_channels", ge=1)
+        channel_mult_emb: int = setting(4, "width of the embedding, times model_channels", ge=1)
+        label_dropout: float = setting(0.0, "probability of dropping the class embedding in training "
+                                       "(classifier-free guidance); 0 = off", ge=0, le=1, structural=False)
+        num_heads: int = setting(1, "attention heads (DDPM++: 1)", ge=1)
+        head_channels: int = setting(0, "channels per attention head; > 0 sets heads = channels / this in place "
+                                     "of num_heads", ge=0)
+        attention: Literal["sdpa", "math", "xformers"] = setting("sdpa", "attention backend (diffratio.attention)",
+                                                                 structural=False)
+        activation_checkpointing: bool = setting(False, "recompute each residual block's activations in the "
+                                                 "backward pass instead of keeping them: less memory, about a "
+                                                 "third more compute, the same results", structural=False)
 
     def __init__(self, config: Config, *, data_shape: tuple[int, ...], num_labels: int = 0,
                  mode: str = "full") -> None:

@@ -1,217 +1,28 @@
 """Render the recipe reference, docs/recipes.md, from the registered built-in components, and the
-command-line reference, docs/cli.md, from the click commands:
+command-line reference, docs/cli.md, from the click commands (run from the repository root):
 
-    python -m diffratio.docgen > docs/recipes.md
-    python -m diffratio.docgen cli > docs/cli.md
+    python tools/docgen.py > docs/recipes.md
+    python tools/docgen.py cli > docs/cli.md
 
-Every table a recipe may hold is listed with each built-in component's Config fields: type, default and
-one line of meaning. The meaning is the field's ``# comment`` in the source: trailing, on whole lines
-right above it, or on a line right under it that starts with ``# ^`` (continued on lines indented past
-their ``#``); else a ``name: meaning`` line in the Config class's docstring. tests/test_docs.py fails when
-docs/recipes.md differs from a fresh rendering or when a field has no meaning (``missing_meanings``).
+Every table a recipe may hold is listed with each built-in component's Config fields: type (with its
+bounds), default and one line of meaning, all read from the fields' attrs metadata
+(``diffratio.config.setting``). tests/test_docs.py fails when a page differs from a fresh rendering or
+when a field has no meaning (``missing_meanings``).
 """
 
 from __future__ import annotations
 
-import ast
-import functools
 import inspect
-import io
-import json
-import re
 import sys
-import tokenize
-import types
-import typing
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import attrs
-
 from diffratio.components import KINDS
-from diffratio.recipe import MULTI_KIND, MULTI_TABLES, SINGLE_TABLES, RunSettings
+from diffratio.config import FieldDoc, config_fields
+from diffratio.recipe import MULTI_KIND, MULTI_TABLES, SET_RULE, SINGLE_TABLES, RunSettings
 from diffratio.registry import Registry
 
-COMMAND = "python -m diffratio.docgen > docs/recipes.md"
-
-
-@attrs.frozen
-class FieldDoc:
-    """One documented key of a recipe table (nested tables give dotted keys)."""
-
-    key: str
-    type: str
-    default: str
-    meaning: str | None
-
-
-# --------------------------------------------------------------------------------------------------
-# Meanings from the source
-# --------------------------------------------------------------------------------------------------
-
-
-@functools.cache
-def _module_source(path: str) -> tuple[ast.Module, dict[int, str], list[str]]:
-    text = Path(path).read_text()
-    comments = {tok.start[0]: tok.string for tok in tokenize.generate_tokens(io.StringIO(text).readline)
-                if tok.type == tokenize.COMMENT}
-    return ast.parse(text), comments, text.splitlines()
-
-
-def _find_class(tree: ast.Module, qualname: str) -> ast.ClassDef | None:
-    body: list[ast.stmt] = tree.body
-    node: ast.ClassDef | None = None
-    for part in qualname.split("."):
-        node = next((n for n in body if isinstance(n, ast.ClassDef) and n.name == part), None)
-        if node is None:
-            return None
-        body = node.body
-    return node
-
-
-def _clean(comment: str) -> str:
-    return comment.lstrip("#").strip().removeprefix("^").strip()
-
-
-def _own_meanings(cls: type) -> dict[str, str]:
-    """Meanings of the fields a class defines itself, from comments and its docstring."""
-    out: dict[str, str] = {}
-    for line in (inspect.getdoc(cls) or "").splitlines():
-        m = re.match(r"^\s*`{0,2}(\w+)`{0,2}\s*:\s*(\S.*)$", line)
-        if m:
-            out[m[1]] = m[2].strip()
-    try:
-        path = inspect.getsourcefile(cls)
-    except TypeError:
-        return out
-    if path is None:
-        return out
-    tree, comments, lines = _module_source(path)
-    node = _find_class(tree, cls.__qualname__)
-    if node is None:
-        return out
-    for stmt in node.body:
-        if not (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)):
-            continue
-        end = stmt.end_lineno or stmt.lineno
-        run, n = [], stmt.lineno - 1  # the whole-line comments right above the field
-        while _whole_comment(n, comments, lines):
-            run.insert(0, n)
-            n -= 1
-        above = [_clean(comments[k]) for k in run if not _in_caret_block(k, comments, lines)]
-        parts = [" ".join(above)] if above else []
-        parts += [_clean(comments[n]) for n in range(stmt.lineno, end + 1) if n in comments]
-        below = end + 1
-        if below in comments and lines[below - 1].strip().startswith("# ^"):
-            block = [_clean(comments[below])]  # the "# ^" line and its indented continuation lines
-            while _in_caret_block(below + 1, comments, lines) and not _is_caret(below + 1, lines):
-                below += 1
-                block.append(_clean(comments[below]))
-            parts.append(" ".join(block))
-        if parts:
-            out[stmt.target.id] = "; ".join(p for p in parts if p)
-    return out
-
-
-def _whole_comment(n: int, comments: dict[int, str], lines: list[str]) -> bool:
-    """Whether line ``n`` (1-based) holds only a comment."""
-    return n in comments and lines[n - 1].strip().startswith("#")
-
-
-def _is_caret(n: int, lines: list[str]) -> bool:
-    return lines[n - 1].strip().startswith("# ^")
-
-
-def _in_caret_block(n: int, comments: dict[int, str], lines: list[str]) -> bool:
-    """Whether line ``n`` belongs to the meaning of the field above it: a ``# ^`` line, or a comment line
-    indented past the ``#`` (``#   more``) that follows one directly or through other such lines."""
-    while _whole_comment(n, comments, lines):
-        if _is_caret(n, lines):
-            return True
-        if not lines[n - 1].strip().startswith("#  "):
-            return False
-        n -= 1
-    return False
-
-
-def field_meanings(config_cls: type) -> dict[str, str]:
-    """Meaning of every field of an attrs class that has one, inherited fields included."""
-    out: dict[str, str] = {}
-    for klass in reversed(config_cls.__mro__):
-        if klass is not object:
-            out.update(_own_meanings(klass))
-    return out
-
-
-# --------------------------------------------------------------------------------------------------
-# Types and defaults as a recipe author writes them
-# --------------------------------------------------------------------------------------------------
-
-
-def type_name(tp: Any) -> str:
-    """``int``, ``array of int``, ``one of "a", "b"``, ``int (optional)``, ``table``."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin is typing.Literal:
-        return "one of " + ", ".join(json.dumps(a) for a in args)
-    if origin in (typing.Union, types.UnionType):
-        rest = [a for a in args if a is not type(None)]
-        inner = " or ".join(type_name(a) for a in rest)
-        return f"{inner} (optional)" if len(rest) < len(args) else inner
-    if origin is tuple:
-        if len(args) == 2 and args[1] is Ellipsis:
-            return f"array of {type_name(args[0])}"
-        return "array [" + ", ".join(type_name(a) for a in args) + "]"
-    if attrs.has(tp):
-        return "table"
-    return getattr(tp, "__name__", str(tp))
-
-
-def toml_value(value: Any) -> str:
-    """A value as TOML would spell it (None: the key is left out)."""
-    if value is None:
-        return "unset"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    if attrs.has(type(value)):
-        items = (f"{f.name} = {toml_value(getattr(value, f.name))}" for f in attrs.fields(type(value)))
-        return "{ " + ", ".join(items) + " }"
-    return repr(value)
-
-
-def _default_of(field: attrs.Attribute) -> Any:
-    d = field.default
-    if isinstance(d, attrs.Factory):  # type: ignore[arg-type]
-        return d.factory()
-    return d
-
-
-def config_fields(config_cls: type, prefix: str = "") -> list[FieldDoc]:
-    """Every key of a Config class; a nested attrs table adds its own keys as ``field.key`` rows."""
-    hints = typing.get_type_hints(config_cls)
-    meanings = field_meanings(config_cls)
-    rows: list[FieldDoc] = []
-    for f in attrs.fields(config_cls):
-        tp = hints[f.name]
-        default = _default_of(f)
-        key = prefix + f.name
-        required = default is attrs.NOTHING
-        if attrs.has(tp):
-            rows.append(FieldDoc(key, f"table ({tp.__name__})", "required" if required else "see below",
-                                 meanings.get(f.name)))
-            for sub in config_fields(tp, key + "."):
-                if not required:  # the component's default for this table, key by key
-                    value = getattr(default, sub.key.rsplit(".", 1)[1])
-                    sub = attrs.evolve(sub, default=toml_value(value))
-                rows.append(sub)
-            continue
-        rows.append(FieldDoc(key, type_name(tp), "required" if required else toml_value(default),
-                             meanings.get(f.name)))
-    return rows
+COMMAND = "python tools/docgen.py > docs/recipes.md"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -231,7 +42,7 @@ def _table(rows: list[FieldDoc]) -> list[str]:
     out = ["| key | type | default | meaning |", "|---|---|---|---|"]
     for r in rows:
         default = r.default if r.default in ("required", "see below") else f"`{_cell(r.default)}`"
-        out.append(f"| `{r.key}` | {_cell(r.type)} | {default} | {_cell(r.meaning or '')} |")
+        out.append(f"| `{r.key}` | {_cell(r.type_and_bounds)} | {default} | {_cell(r.meaning or '')} |")
     return [*out, ""]
 
 
@@ -272,13 +83,23 @@ def render(registry: Registry | None = None) -> str:
         "",
         "A recipe is a TOML file: a `[run]` table, one table per component (`name = \"...\"` picks the "
         "registered component, the other keys are its settings) and tables of tables for metrics and "
-        "loggers (`[metrics.energy-distance]`). Override any key on the command line with "
-        "`--set table.key=value`. Unknown keys and values of the wrong type are errors, all reported at once. "
-        "`dr-plugins` lists the same settings for every installed component, third-party plugins included.",
+        "loggers (`[metrics.energy-distance]`). Unknown keys, values of the wrong type and values out of "
+        "their bounds (shown in the type column, e.g. `int, >= 1`) are errors, all reported at once with their "
+        "dotted keys before anything is built or written. `dr-plugins` lists the same settings for every "
+        "installed component, third-party plugins included.",
+        "",
+        "Paths in a recipe (`method.init`, data files, reference files) are relative to the working directory "
+        "of the command, not to the recipe file: run the commands from the repository root, as these pages "
+        "do, or give absolute paths.",
+        "",
+        "`--set table.key=value` overrides a key of the recipe (repeatable). The rule for values: "
+        + SET_RULE + ". A component's `name` is applied before its other keys, whatever the order of the "
+        "`--set`s; naming another component than the table's drops the recipe's settings of the old one "
+        "(the console names them) and keeps those given with `--set`. `[run]`, metrics and loggers keep "
+        "their settings.",
         "",
         "A nested table given in part, such as `generator_optimizer = { lr = 1e-4 }`, takes its other keys "
-        "from the nested type's own defaults (the `OptimizerConfig` defaults below are those of each field "
-        "as a whole): write out every key whose component default you want to keep.",
+        "from the component's default for that table (the defaults listed key by key below).",
         "",
         "Tables and their default component (tables without a default are required):",
         "",
@@ -318,7 +139,7 @@ def render(registry: Registry | None = None) -> str:
 # The command-line reference
 # --------------------------------------------------------------------------------------------------
 
-CLI_COMMAND = "python -m diffratio.docgen cli > docs/cli.md"
+CLI_COMMAND = "python tools/docgen.py cli > docs/cli.md"
 
 #: console scripts in reading order; any other script of the distribution follows, sorted by name
 SCRIPT_ORDER = ("dr-train", "dr-plugins", "dr-sample", "dr-eval", "dr-dataset")
@@ -444,7 +265,7 @@ def render_cli() -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m diffratio.docgen`` writes docs/recipes.md's text; ``... cli`` writes docs/cli.md's."""
+    """``python tools/docgen.py`` writes docs/recipes.md's text; ``... cli`` writes docs/cli.md's."""
     args = sys.argv[1:] if argv is None else argv
     if args not in ([], ["recipes"], ["cli"]):
         sys.exit(f"usage: {COMMAND}\n       {CLI_COMMAND}")
