@@ -3,7 +3,7 @@
     python benchmarks/overhead.py --device cuda --out overhead.md
     python benchmarks/overhead.py --device cpu --steps 5        # CI: a shrunk U-Net, a tiny batch
 
-Why: a framework should cost nothing over the loop it replaces (issue 23: >= 0.97x the images/s, memory within
+Why: a framework should cost nothing over the loop it replaces (the target: >= 0.97x the images/s, memory within
 5%). For EDM pretraining, DiffRatio-DiJS and VSD (recipes/fashion-mnist-pretrain.toml, fashion-mnist.toml,
 fashion-mnist-vsd.toml), eager and compiled, one process on one device runs **plain**, the loop a researcher would
 write around the recipe's backbone class (EDM preconditioning and ratio head written here; sample, forward, loss,
