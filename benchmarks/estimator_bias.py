@@ -180,11 +180,11 @@ def train_score(seed: int, source: Iterator[tuple[Tensor, Tensor, Tensor]], budg
     snaps = {}
     for step in range(1, max(budgets) + 1):
         x, sigma, x_sigma = next(source)
-        loss = denoising_loss(net.module(x_sigma, sigma), x, sigma, SIGMA_DATA)
+        loss = denoising_loss(net.forward(x_sigma, sigma), x, sigma, SIGMA_DATA)
         net.backward(loss)
         net.step()
         if step in budgets:
-            snaps[step] = copy.deepcopy(net.raw.state_dict())
+            snaps[step] = copy.deepcopy(net.model.state_dict())
     return snaps
 
 
@@ -199,13 +199,13 @@ def train_classifier(seed: int, variant: dict[str, Any], cfg: MLPBackbone.Config
         _, s_q, xs_q = next(fake)
         _, s_p, xs_p = next(real)
         sigma = torch.cat([s_q, s_p])
-        logits = clf.module(torch.cat([xs_q, xs_p]), sigma)
+        logits = clf.forward(torch.cat([xs_q, xs_p]), sigma)
         lam = apply_weighting(variant["weighting"], sigma, SIGMA_DATA)
         loss = ratio_loss(logits[:BATCH], logits[BATCH:], lam[:BATCH], lam[BATCH:])
         clf.backward(loss)
         clf.step()
         if step in budgets:
-            snaps[step] = copy.deepcopy(clf.raw.state_dict())
+            snaps[step] = copy.deepcopy(clf.model.state_dict())
     return snaps
 
 

@@ -43,11 +43,11 @@ def test_diffratio_starts_from_the_pretrained_denoiser(pretrained: Path) -> None
     recipe = load_recipe(RECIPES / "fashion-mnist.toml", [*TINY_IMAGES, f"method.init='{pretrained}'"], registry=reg)
     run = build_run(recipe, pretrained.parent / "dr-check", reg)
     ema = load_pretrained_denoiser(pretrained)
-    gen = run.method.gen.raw.denoiser.state_dict()
+    gen = run.method.gen.model.denoiser.state_dict()
     assert gen.keys() == ema.keys()
     for k, v in ema.items():
         assert torch.equal(gen[k], v), k
-    enc = run.method.ratio.raw.backbone.state_dict()
+    enc = run.method.ratio.model.backbone.state_dict()
     assert 0 < len(enc) < len(ema)
     for k, v in enc.items():
         assert torch.equal(v, ema[f"backbone.{k}"]), k

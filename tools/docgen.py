@@ -17,8 +17,8 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from diffratio.components import KINDS
 from diffratio.config import FieldDoc, config_fields
+from diffratio.kinds import KINDS
 from diffratio.recipe import MULTI_KIND, MULTI_TABLES, SET_RULE, SINGLE_TABLES, RunSettings
 from diffratio.registry import Registry
 

@@ -16,15 +16,12 @@ from diffratio.components import (
     Logger,
     Metric,
     NoiseSchedule,
-    OptimizerConfig,
     RatioEstimator,
     Strategy,
-    Trainable,
     append_dims,
-    count_parameters,
-    full_parameters,
-    plain_copy,
 )
+from diffratio.config import setting
+from diffratio.devices import resolve_device
 from diffratio.errors import (
     CheckpointError,
     DataError,
@@ -48,13 +45,16 @@ from diffratio.hooks import (
     hookimpl,
 )
 from diffratio.method import DataInfo, Method, Sampler
+from diffratio.trainable import OptimizerConfig, Trainable
+from diffratio.zero import count_parameters, full_parameters, plain_copy
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Backbone", "Component", "DataInfo", "Dataset", "Divergence", "EmptyConfig", "EvalContext", "Generator", "Logger",
     "Method", "Metric", "NoiseSchedule", "OptimizerConfig", "RatioEstimator", "Sampler", "Strategy", "Trainable",
-    "append_dims", "count_parameters", "full_parameters", "plain_copy", "CheckpointError", "DataError",
+    "append_dims", "count_parameters", "full_parameters", "plain_copy", "resolve_device", "setting",
+    "CheckpointError", "DataError",
     "DiffRatioError", "MissingDependencyError", "PluginError", "RecipeError", "BackboneSpec", "ComponentSpec",
     "DatasetSpec", "DivergenceSpec", "GeneratorSpec", "LoggerSpec", "MethodSpec", "MetricSpec", "RatioSpec",
     "ScheduleSpec", "StrategySpec", "hookimpl", "__version__",

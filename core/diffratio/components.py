@@ -4,7 +4,7 @@ Every component is built as ``cls(config, **derived)``: ``config`` is an instanc
 frozen, kw_only attrs ``Config`` (what a recipe table holds), ``derived`` is what the engine knows from
 the data and the run (shapes, label count, other components) and never appears in a recipe.
 
-The kinds and their roles are listed in ``KINDS``; docs/architecture.md explains how they fit together.
+The kinds and their roles are listed in ``diffratio.kinds.KINDS``; docs/architecture.md explains how they fit together.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from diffratio.trainable import OptimizerConfig, Trainable
-from diffratio.zero import count_parameters, full_parameters, plain_copy  # noqa: F401  (re-exported by diffratio)
 
 
 @attrs.frozen(kw_only=True)
@@ -355,20 +354,3 @@ class Logger(Component, ABC):
 def append_dims(x: Tensor, ndim: int) -> Tensor:
     """Reshape a (B,) tensor to broadcast against a tensor of ``ndim`` dimensions."""
     return x.reshape(-1, *([1] * (ndim - 1)))
-
-
-# the Method kind and its inference half build on the classes above (diffratio/method.py)
-from diffratio.method import Method  # noqa: E402
-
-KINDS: dict[str, type[Component]] = {
-    "backbone": Backbone,
-    "generator": Generator,
-    "ratio": RatioEstimator,
-    "divergence": Divergence,
-    "method": Method,
-    "schedule": NoiseSchedule,
-    "dataset": Dataset,
-    "metric": Metric,
-    "strategy": Strategy,
-    "logger": Logger,
-}

@@ -24,7 +24,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 @attrs.frozen(kw_only=True)
 class ComponentSpec:
-    """One registered component: its kind (a key of ``diffratio.components.KINDS``), name and class."""
+    """One registered component: its kind (a key of ``diffratio.kinds.KINDS``), name and class."""
 
     kind: str
     name: str

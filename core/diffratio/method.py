@@ -57,7 +57,7 @@ class Sampler(ABC):
 
     def export(self) -> dict[str, dict[str, Tensor]]:
         """The weights of ``networks()`` as full, plain tensors on the CPU (every rank calls it together)."""
-        from diffratio import full_parameters  # a ZeRO-3 helper: gathers partitioned parameters
+        from diffratio.zero import full_parameters  # gathers parameters where ZeRO-3 partitions them
 
         out = {}
         for name, net in self.networks().items():

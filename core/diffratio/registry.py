@@ -18,9 +18,10 @@ from typing import Any
 import attrs
 import pluggy
 
-from diffratio.components import KINDS, Logger
+from diffratio.components import Logger
 from diffratio.errors import PluginError
 from diffratio.hooks import LIFECYCLE_HOOKS, PROJECT, REGISTRATION_HOOKS, ComponentSpec, Hookspecs
+from diffratio.kinds import KINDS
 from diffratio.signals import is_real_interrupt
 
 #: Built-in plugin modules, registered in this order before any third-party plugin.

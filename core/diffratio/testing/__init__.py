@@ -46,7 +46,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from diffratio.components import KINDS
+from diffratio.kinds import KINDS
 from diffratio.testing._networks import perturb_zero_parameters
 from diffratio.testing._shared import ConformanceError, check_config
 from diffratio.testing.backbone import TinyBackbone, check_backbone
@@ -83,7 +83,7 @@ assert set(CHECKS) == set(KINDS), "every component kind needs a conformance chec
 
 
 def check_component(kind: str, cls: type, config: Any = None, **options: Any) -> None:
-    """Run the checks of ``kind`` (a key of ``diffratio.components.KINDS``) on ``cls``; ``options`` go to
+    """Run the checks of ``kind`` (a key of ``diffratio.kinds.KINDS``) on ``cls``; ``options`` go to
     the kind's check (``data_shape=`` for a backbone, ``dataset=`` for a metric, ...)."""
     if kind not in CHECKS:
         raise ValueError(f"unknown component kind {kind!r} (kinds: {', '.join(CHECKS)})")

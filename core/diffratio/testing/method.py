@@ -11,7 +11,8 @@ from typing import Any
 
 import torch
 
-from diffratio.components import KINDS, Method
+from diffratio.kinds import KINDS
+from diffratio.method import Method
 from diffratio.testing._shared import Reporter, check_config, check_stored_config, names_component, seeded
 from diffratio.testing.backbone import TinyBackbone
 from diffratio.testing.dataset import GaussianPoints

@@ -12,8 +12,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from diffratio.components import OptimizerConfig, Strategy, Trainable, full_parameters
+from diffratio.components import Strategy
 from diffratio.testing._shared import Reporter, check_config, check_stored_config, names_component, seeded, state_diff
+from diffratio.trainable import OptimizerConfig, Trainable
+from diffratio.zero import full_parameters
 
 
 @names_component("strategy")
@@ -38,12 +40,12 @@ def check_strategy(cls: type, config: Any = None) -> None:
             return strat.prepare(name, nn.Linear(3, 2), optim)
 
     def weights(t: Trainable) -> dict[str, Tensor]:
-        with full_parameters(t.raw):  # gathered where the strategy partitions them (ZeRO-3)
-            return {k: v.detach().clone() for k, v in t.raw.state_dict().items()}
+        with full_parameters(t.model):  # gathered where the strategy partitions them (ZeRO-3)
+            return {k: v.detach().clone() for k, v in t.model.state_dict().items()}
 
     def train(t: Trainable) -> dict[str, Any]:
         with strat.autocast():
-            loss = t.module(x).float().pow(2).mean()
+            loss = t.forward(x).float().pow(2).mean()
         t.backward(loss)
         return t.step()
 
@@ -53,7 +55,7 @@ def check_strategy(cls: type, config: Any = None) -> None:
     out = train(a)
     rep.require(isinstance(out, dict), f"Trainable.step must return a dict of diagnostics, got {type(out).__name__}")
     rep.require(bool(state_diff(before, weights(a))), "a training step did not change the parameters")
-    leftover = [n for n, p in a.raw.named_parameters() if p.grad is not None and bool(p.grad.ne(0).any())]
+    leftover = [n for n, p in a.model.named_parameters() if p.grad is not None and bool(p.grad.ne(0).any())]
     rep.require(not leftover, f"Trainable.step must zero the gradients; still set: {leftover}")
     rep.require(bool(a.last_step_ok), "last_step_ok must be true after a step with finite loss and gradients")
     state = copy.deepcopy(a.state_dict())
@@ -66,7 +68,7 @@ def check_strategy(cls: type, config: Any = None) -> None:
     # a step whose loss is not finite is skipped: no update, last_step_ok false, optimiser state untouched
     before = weights(a)
     with strat.autocast():
-        loss = a.module(x).float().pow(2).mean() * float("nan")
+        loss = a.forward(x).float().pow(2).mean() * float("nan")
     a.backward(loss)
     a.step()
     rep.require(not state_diff(before, weights(a)), "a step with a non-finite loss changed the parameters "
