@@ -9,7 +9,8 @@ FLOPs per step and MFU. Prints a markdown table and writes it to ``--out``.
 
 Each row (a method under a variant) builds the run as ``dr-train`` does (``engine.build_run``) from the recipe
 with the ``--set`` overrides, then the variant's, and calls ``method.train_step`` with the engine's per-step
-finite check (``engine.NonFiniteGuard``), as the training loop does: ``--warmup`` steps, one step under
+finite check (``guard.NonFiniteGuard``: scalars kept on the device, read once per window), as the training
+loop does: ``--warmup`` steps, one step under
 ``torch.utils.flop_counter.FlopCounterMode``, then ``--steps`` timed steps. The recipe's method table is
 mapped onto the other method (generator and auxiliary optimisers, steps per generator step); ``method.init``
 is cleared (weights do not change the speed: the VSD teacher is an untrained ``edm`` export) and warm-up steps
@@ -62,7 +63,8 @@ from torch import nn
 
 from diffratio import Backbone, Trainable
 from diffratio.edm import EDMDenoiser
-from diffratio.engine import NonFiniteGuard, build_run
+from diffratio.engine import build_run
+from diffratio.guard import NonFiniteGuard
 from diffratio.inference import EXPORT_FORMAT
 from diffratio.recipe import apply_sets, read_recipe_text, resolve_recipe
 from diffratio.registry import default_registry
@@ -368,7 +370,9 @@ def measure(recipe: str, sets: list[str], method_name: str, *, steps: int, warmu
 
         def train_step() -> None:
             nonlocal step
-            guard.check(step, method.train_step(step))  # the loop's one wait per step
+            guard.push(step, method.train_step(step))  # as the loop: the scalars stay on the device
+            if guard.full:
+                guard.read(strategy, 0)
             step += 1
 
         for _ in range(warmup):
@@ -402,6 +406,7 @@ def measure(recipe: str, sets: list[str], method_name: str, *, steps: int, warmu
         flops = count_flops(train_step, method)
         world = strategy.world_size
         counts = method.parameter_counts()
+        guard.read(strategy, 0)  # the steps still pending
         row = {
             "method": method_name, "batch": run.ctx.settings.batch_size, "world_size": world,
             "images_per_s": method.images_per_step() * world / step_s, "step_ms": step_s * 1e3,

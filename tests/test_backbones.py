@@ -315,7 +315,7 @@ def test_recipe_tables_structure_into_the_configs() -> None:
     _, errors = structure_config({"attention": "flash"}, unet.UNetBackbone.Config, "recipe.backbone")
     assert any("recipe.backbone.attention" in e and "'sdpa'" in e for e in errors), errors
     _, errors = structure_config({"channel_mult": []}, unet.UNetBackbone.Config, "recipe.backbone")
-    assert any("channel_mult must be a non-empty list" in e for e in errors), errors
+    assert any("recipe.backbone.channel_mult: must be a non-empty list" in e for e in errors), errors
     cfg, errors = structure_config({"size": "B", "patch_size": 4, "depth": 6}, dit.DiTBackbone.Config,
                                    "recipe.backbone")
     assert not errors and (cfg.size, cfg.depth, cfg.hidden) == ("B", 6, None)

@@ -375,7 +375,7 @@ def test_nonfinite_2d_data_is_refused_before_training(tmp_path: Path) -> None:
     pts = np.random.default_rng(0).normal(size=(50, 2))
     pts[7, 1] = np.nan
     np.savez(tmp_path / "pts.npz", x=pts)
-    with pytest.raises(DataError, match=r"pts\.npz\['x'\] row 7 is not finite"):
+    with pytest.raises(DataError, match=r"pts\.npz\['x'\]\): row 7 is not finite"):
         NpzPoints(NpzPoints.Config(path=str(tmp_path / "pts.npz")))
 
 

@@ -269,7 +269,7 @@ def test_throughput_maps_the_method_table() -> None:
     source = {"name": "diffratio", "init": "runs/x", "ratio_steps": 2, "warmup_ratio_steps": 500, "ema_decay": 0.99,
               "generator_optimizer": {"lr": 1e-5}, "ratio_optimizer": {"lr": 2e-5}}
     assert tp.method_table(source, "vsd") == {
-        "name": "vsd", "init": "", "generator_optimizer": {"lr": 1e-5}, "ema_decay": 0.99,
+        "name": "vsd", "init": "untrained-teacher.pt", "generator_optimizer": {"lr": 1e-5}, "ema_decay": 0.99,
         "fake_optimizer": {"lr": 2e-5}, "fake_steps": 2, "warmup_fake_steps": 0}
     assert tp.method_table(source, "diffratio")["warmup_ratio_steps"] == 0
     assert tp.parse_variant("zero3: strategy.zero_stage=3 run.batch_size=16") == (

@@ -45,7 +45,7 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-              help="Override a recipe value (TOML literal), e.g. --set run.steps=500. Repeatable.")
+              help="Override a recipe value, e.g. --set run.steps=500 (value rule: docs/recipes.md). Repeatable.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and the providing plugins; train nothing.")
 @click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Run directory (default runs/<run.name>). Re-running with the same one resumes.")
@@ -55,11 +55,13 @@ def train(recipe: Path, sets: tuple[str, ...], dry_run: bool, run_dir: Path | No
     """Train with RECIPE (a TOML file); re-running the same command resumes from the last checkpoint."""
     with handled_signals():  # from here to exit: a signal stops cleanly, a second one at once
         from diffratio.engine import default_run_dir, plugin_versions, training_loop
+        from diffratio.preflight import preflight
         from diffratio.recipe import load_recipe
         from diffratio.registry import default_registry
 
         registry = default_registry()
         resolved = load_recipe(recipe, sets, registry=registry)
+        preflight(resolved)
         run_dir = run_dir or default_run_dir(resolved)
         if dry_run:
             click.echo(json.dumps({"run_dir": str(run_dir), "config": resolved.to_dict(),

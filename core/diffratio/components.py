@@ -236,6 +236,10 @@ class Dataset(Component, ABC):
 class Metric(Component, ABC):
     """A quality measurement of a trained method, written to metrics.jsonl and the loggers."""
 
+    #: whether the metric compares images: ``--dry-run`` and the start of training then require a data set
+    #: that gives images (one that defines ``Dataset.to_image``)
+    needs_images: ClassVar[bool] = False
+
     def __init__(self, config: Any = None) -> None:
         self.config = config if config is not None else self.Config()
 

@@ -25,25 +25,19 @@ import click
 import torch
 
 from diffratio.cli import friendly_errors
-from diffratio.errors import DataError, RecipeError
+from diffratio.devices import resolve_device
+from diffratio.errors import DataError, DiffRatioError, RecipeError
 from diffratio.longjob import interruptible
 
 _CTX = {"help_option_names": ["-h", "--help"]}
 
 
 def _device(name: str) -> torch.device:
-    """``auto``: the GPU when there is one, else the CPU; a named device must exist here."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The ``--device`` option through the project's one device rule, as a click parameter error."""
     try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise click.BadParameter(f"{name!r} is not a device ({exc}); use auto, cpu, cuda or cuda:N",
-                                 param_hint="--device") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise click.BadParameter("no CUDA GPU is visible to torch here; use --device cpu (or auto)",
-                                 param_hint="--device")
-    return device
+        return resolve_device(name)
+    except DiffRatioError as exc:
+        raise click.BadParameter(str(exc), param_hint="--device") from None
 
 
 def _check_reference_file(path: Path) -> None:

@@ -10,21 +10,19 @@ import torch
 from torch import Tensor
 
 from diffratio.components import (
-    Backbone,
     Dataset,
     Divergence,
     Generator,
     Logger,
-    Method,
     Metric,
     NoiseSchedule,
-    RatioEstimator,
     Strategy,
 )
-from diffratio.edm import EDMDenoiser
 from diffratio.errors import DiffRatioError
 from diffratio.guard import NonFiniteGuard
-from diffratio.recipe import Recipe, Resolved, RunSettings
+from diffratio.inference import InferenceContext
+from diffratio.method import DataInfo, Method
+from diffratio.recipe import Recipe, RunSettings
 from diffratio.registry import Registry
 
 
@@ -49,49 +47,18 @@ class DataSampler:
         self.gen.set_state(state["rng"].cpu())
 
 
-class RunContext:
-    """What a Method may use to build its models and draw data: built components, derived shapes."""
+class RunContext(InferenceContext):
+    """What a Method may use to build its models and draw data: the builders of ``InferenceContext`` over
+    the run's own data set, the run settings, and the real-data sampler."""
 
     def __init__(self, recipe: Recipe, strategy: Strategy, dataset: Dataset, run_dir: Path,
                  registry: Registry) -> None:
-        self.recipe = recipe
+        info = DataInfo(tuple(dataset.data_shape), dataset.num_labels, dataset.sigma_data)
+        super().__init__(recipe, info, strategy, dataset=lambda: dataset)
         self.settings: RunSettings = recipe.settings
-        self.strategy = strategy
-        self.dataset = dataset
         self.run_dir = run_dir
         self.registry = registry
         self.sampler = DataSampler(dataset, recipe.settings.seed * 1000 + strategy.rank + 1, strategy.device)
-
-    @property
-    def device(self) -> torch.device:
-        return self.strategy.device
-
-    @property
-    def data_shape(self) -> tuple[int, ...]:
-        return self.dataset.data_shape
-
-    @property
-    def num_labels(self) -> int:
-        return self.dataset.num_labels
-
-    def component(self, table: str) -> Resolved:
-        """Config and class of a component table (``"divergence"``, ...)."""
-        return self.recipe.components[table]
-
-    def build_backbone(self, mode: str = "full") -> Backbone:
-        c = self.component("backbone")
-        return c.cls(c.config, data_shape=self.data_shape, num_labels=self.num_labels, mode=mode)
-
-    def build_denoiser(self) -> EDMDenoiser:
-        return EDMDenoiser(self.build_backbone("full"), sigma_data=self.dataset.sigma_data)
-
-    def build_generator(self) -> Generator:
-        c = self.component("generator")
-        return c.cls(c.config, denoiser=self.build_denoiser())
-
-    def build_ratio(self) -> RatioEstimator:
-        c = self.component("ratio")
-        return c.cls(c.config, backbone=self.build_backbone("encoder"), sigma_data=self.dataset.sigma_data)
 
     def build_divergence(self) -> Divergence:
         c = self.component("divergence")

@@ -93,7 +93,7 @@ def diffratio_datasets() -> Iterator[ComponentSpec]:
     yield DatasetSpec(name="npz-images", cls=images.NpzImages, description="uint8 images (and labels) in an .npz")
     from diffratio_builtins.datasets import latents
 
-    yield DatasetSpec(name="latents", cls=latents.Latents, description="precomputed VAE latents in .npz shards")
+    yield DatasetSpec(name="latents", cls=latents.Latents, description="precomputed VAE latents in .npy shards")
     yield DatasetSpec(name="synthetic-latents", cls=latents.SyntheticLatents,
                       description="random latents and labels for benchmarks (no files)")
 
@@ -103,10 +103,10 @@ def diffratio_metrics() -> Iterator[ComponentSpec]:
     from diffratio_builtins.metrics import energy
 
     yield MetricSpec(name="energy-distance", cls=energy.EnergyDistance, description="energy distance to data")
-    from diffratio_builtins.metrics import fid
+    from diffratio_builtins.metrics import fcd, fid
 
     yield MetricSpec(name="fid", cls=fid.FID, description="FID (Inception, offline weights), precision/recall")
-    yield MetricSpec(name="fcd", cls=fid.FCD, description="fast Frechet classifier distance + class coverage (CI)")
+    yield MetricSpec(name="fcd", cls=fcd.FCD, description="fast Frechet classifier distance + class coverage (CI)")
 
 
 @hookimpl

@@ -9,8 +9,9 @@ e.g. a copy of ``stabilityai/sd-vae-ft-mse`` (the VAE of EDM2's ImageNet 512x512
 downloaded: the folder is read with ``local_files_only``. ``diffusers`` is imported only here, lazily.
 
 ``encode`` reads an image folder (class subfolders become labels), an EDM-style zip or an ``.npz`` of
-images in chunks, so ImageNet never sits in memory whole, and writes uncompressed ``.npz`` shards of the
-posterior means (``latents``), standard deviations (``std``) and ``labels`` in raw VAE units, plus
+images in chunks, so ImageNet never sits in memory whole, and writes ``.npy`` shards
+(``diffratio_builtins.datasets.shards``) of the posterior means (``latents``), standard deviations
+(``std``) and ``labels`` in raw VAE units, plus
 ``meta.json`` with the per-channel statistics of the means (the ``latents`` data set's ``channel_mean`` /
 ``channel_std``). ``decode`` turns the float ``samples`` that ``dr-sample`` writes for latent runs into
 uint8 ``images`` with the run's own scaling.
@@ -19,7 +20,6 @@ uint8 ``images`` with the run's own scaling.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from collections.abc import Iterator
@@ -31,20 +31,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from diffratio import DataError, DiffRatioError, MissingDependencyError
+from diffratio import DataError, DiffRatioError, MissingDependencyError, resolve_device
 from diffratio.cli import friendly_errors
 from diffratio.dataset_tool import ImageArrays, iter_image_source
+from diffratio_builtins.datasets.shards import write_shard
 
 Precision = Literal["fp32", "bf16", "fp16"]
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 INSTALL = "pip install diffusers safetensors"
-
-
-def resolve_device(name: str | torch.device) -> torch.device:
-    """``auto``: the current GPU if there is one, else the CPU."""
-    if str(name) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 class VAE:
@@ -135,7 +129,7 @@ class VAE:
 
 
 class ShardWriter:
-    """Collects encoded items and writes ``latents-NNNNN.npz`` shards of ``shard_size`` items atomically,
+    """Collects encoded items and writes ``latents-NNNNN`` shards of ``shard_size`` items atomically,
     keeping running per-channel sums of the means for ``meta.json``."""
 
     def __init__(self, dest: Path, shard_size: int, dtype: np.dtype, keep_std: bool) -> None:
@@ -176,15 +170,8 @@ class ShardWriter:
         out = {k: a[:n] for k, a in arrays.items()}
         self.pending = {k: ([arrays[k][n:]] if k in arrays and len(arrays[k]) > n else []) for k in self.pending}
         self.pending_n -= n
-        name = f"latents-{len(self.shards):05d}.npz"
-        tmp = self.dest / (name + ".partial")
-        try:
-            with open(tmp, "wb") as f:
-                np.savez(f, **out)  # uncompressed: the latents data set can memory-map it
-            os.replace(tmp, self.dest / name)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise DataError(f"{self.dest / name}: cannot write ({exc})") from exc
+        name = f"latents-{len(self.shards):05d}"
+        write_shard(self.dest, name, out)
         self.shards.append(name)
 
     def channel_stats(self) -> tuple[list[float], list[float]]:
@@ -255,7 +242,7 @@ def main() -> None:
 @click.option("--max-images", type=click.IntRange(min=0), default=0, help="Encode a random subset (0 = all).")
 @click.option("--batch", type=click.IntRange(min=1), default=32, show_default=True, help="Images per VAE call.")
 @click.option("--shard-size", type=click.IntRange(min=1), default=10_000, show_default=True,
-              help="Items per .npz shard.")
+              help="Items per shard.")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
               help="Stored precision of the latents.")
 @click.option("--no-std", is_flag=True, help="Store only the posterior means (half the size; no posterior sampling).")
@@ -329,7 +316,7 @@ def latents_of_run(run_dir: Path) -> Any:
     name = table.pop("name", None)
     if name != "latents":
         raise DiffRatioError(f"{run_dir} trained on the data set {name!r}, not on 'latents'; nothing to decode")
-    config, errors = structure_config({**table, "vae": ""}, Latents.Config, "run.json dataset")
+    config, errors = structure_config({**table, "vae": None}, Latents.Config, "run.json dataset")
     if errors:
         raise DiffRatioError("\n".join(errors))
     return Latents(config)

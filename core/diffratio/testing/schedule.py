@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -13,7 +12,7 @@ from diffratio.testing._shared import Reporter, check_config, check_stored_confi
 
 @names_component("schedule")
 def check_schedule(cls: type, config: Any = None, *, n: int = 512) -> None:
-    """sigma > 0, finite, shape (n,), reproducible under a seed; loss weights finite and >= 0."""
+    """sigma > 0, finite, shape (n,), reproducible under a seed; ``noise`` keeps the shape and is finite."""
     rep = Reporter("schedule", cls)
     rep.require(isinstance(cls, type) and issubclass(cls, NoiseSchedule), "must derive from diffratio.NoiseSchedule")
     config = check_config(cls, config, kind="schedule")
@@ -27,13 +26,6 @@ def check_schedule(cls: type, config: Any = None, *, n: int = 512) -> None:
     with seeded(0):
         again = sched.sample(n, "cpu")
     rep.require(torch.equal(sigma, again), "sample() differs under the same torch.manual_seed")
-    grid = torch.logspace(math.log10(0.002), math.log10(80.0), 33)
-    for s, where in ((sigma, "sampled sigma"), (grid, "sigma in [0.002, 80]")):
-        for name in ("generator_weight", "ratio_weight"):
-            w = getattr(sched, name)(s)
-            rep.shape(w, s.shape, f"{name}({where})")
-            rep.finite(w, f"{name}({where})")
-            rep.require(bool((w >= 0).all()), f"{name}({where}) has negative values")
     x = torch.randn(8, 3)
     noised = sched.noise(x, sigma[:8])
     rep.shape(noised, x.shape, "noise(x, sigma)")

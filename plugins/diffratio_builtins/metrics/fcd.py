@@ -38,6 +38,8 @@ class FCD(Metric):
     fitted to the run's image size by ``fit`` (``pad``: centred zero padding/cropping; ``resize``).
     """
 
+    needs_images = True
+
     @attrs.frozen(kw_only=True)
     class Config:
         num_samples: int = setting(500, "generated images; real images: 2x", ge=10)

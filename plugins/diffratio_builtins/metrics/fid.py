@@ -28,6 +28,8 @@ class FID(Metric):
     data" before loading the network.
     """
 
+    needs_images = True
+
     @attrs.frozen(kw_only=True)
     class Config:
         num_samples: int = setting(10000, "generated images", ge=2)
