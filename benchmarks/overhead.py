@@ -10,8 +10,8 @@ write around the recipe's backbone class (EDM preconditioning and ratio head wri
 backward, fused Adam, EMA by ``torch._foreach_lerp_``; the recipe's batch, optimiser and EMA settings, auxiliary
 steps per generator step, sigma distribution, bf16 autocast and channels_last), and **framework**,
 ``method.train_step(step)`` of the run ``engine.build_run`` makes from the recipe as ``dr-train`` does (without the
-engine loop's own per-step work). Both start from one random denoiser (one framework EDM step saved by the
-checkpoint code: each stage's ``method.init``); the ratio / fake-score warm-up is off (steady-state steps). Timed
+engine loop's own per-step work). Both start from one random denoiser (one EDM step of the real training loop:
+each stage's ``method.init``); the ratio / fake-score warm-up is off (steady-state steps). Timed
 windows alternate (plain, framework, ...) after warm-up steps, so both see the same machine state; a side's
 images/s is its median window, its peak memory what it holds after warm-up (models, optimiser state, EMA, data)
 plus its largest transient allocation.
@@ -36,8 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from diffratio import checkpoint as ckpt
-from diffratio.engine import build_run
+from diffratio.engine import build_run, training_loop
+from diffratio.inference import load_pretrained_denoiser
 from diffratio.recipe import Recipe, load_recipe
 from diffratio.registry import Registry, default_registry
 
@@ -99,12 +99,13 @@ class Plain:
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = strategy["tf32"]
             torch.backends.cudnn.benchmark = True
         self.sigma_args = sched["p_mean"], sched["p_std"], sched["sigma_min"], sched["sigma_max"]
-        self.sigma2, self.decay = sched["generator_weighting"] == "sigma2", method["ema_decay"]
-        written = (sched["generator_weighting"] in ("one", "sigma2"), sched["ratio_weighting"] == "one",
+        weighting = method.get("generator_weighting", "one")
+        self.sigma2, self.decay = weighting == "sigma2", method["ema_decay"]
+        written = (weighting in ("one", "sigma2"), method.get("ratio_weighting", "one") == "one",
                    cfg.get("divergence", {"name": "dijs"})["name"] == "dijs")
         if stage != "edm" and not all(written):
-            raise SystemExit("overhead.py writes the recipes' divergence (dijs), schedule.ratio_weighting (one) and "
-                             "schedule.generator_weighting (one or sigma2) only; keep those settings")
+            raise SystemExit("overhead.py writes the recipes' divergence (dijs), method.ratio_weighting (one) and "
+                             "method.generator_weighting (one or sigma2) only; keep those settings")
         backbone = recipe.components["backbone"]
         self.build = lambda mode: backbone.cls(backbone.config, data_shape=(1, 32, 32), num_labels=0, mode=mode)
         self.init = {k.removeprefix("backbone."): v for k, v in init.items() if k.startswith("backbone.")}
@@ -224,13 +225,12 @@ def recipe_sets(args: argparse.Namespace, compiled: bool) -> list[str]:
 
 
 def make_init(args: argparse.Namespace, registry: Registry, folder: Path) -> dict[str, Tensor]:
-    """A random denoiser after one framework EDM step, saved in ``folder`` as a pretraining run (what each stage's
-    ``method.init`` loads); returns its weights as the plain loop reads them from the file."""
-    sets = [*recipe_sets(args, False), "run.batch_size=2"]
-    run = build_run(load_recipe(ROOT / "recipes" / RECIPES["edm"], sets, registry=registry), folder, registry)
-    run.method.train_step(0)
-    saved = ckpt.save_checkpoint(folder / "checkpoints", 1, {"step": 1, "method": run.method.state_dict()})
-    return torch.load(saved / ckpt.STATE_FILE, map_location="cpu", weights_only=True)["method"]["denoiser_ema"]
+    """A random denoiser after one EDM step, trained by the real training loop into ``folder`` (the pretraining
+    run each stage's ``method.init`` loads); returns its weights as the plain loop reads them."""
+    sets = [*recipe_sets(args, False), "run.batch_size=2", "run.steps=1"]
+    training_loop(load_recipe(ROOT / "recipes" / RECIPES["edm"], sets, registry=registry), folder, registry,
+                  progress=False)
+    return load_pretrained_denoiser(folder, registry)
 
 
 def settled(device: torch.device) -> int:
