@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from diffratio.checkpoint import load_pretrained_denoiser
 from diffratio.engine import build_run
+from diffratio.inference import load_pretrained_denoiser
 from diffratio.recipe import load_recipe
 from diffratio.registry import default_registry
 

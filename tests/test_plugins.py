@@ -38,7 +38,8 @@ def test_third_party_plugin_is_listed_with_its_package(plugin_site: Path) -> Non
     rows = {(r["kind"], r["name"]): r for r in info["components"]}
     assert rows[("divergence", "sq-hellinger")]["package"] == "diffratio-hellinger"
     assert rows[("divergence", "sq-hellinger")]["version"] == "0.3.1"
-    assert rows[("backbone", "tiny")]["fields"] == [{"name": "width", "type": "int", "bounds": "", "default": 32, "doc": ""}]
+    assert rows[("backbone", "tiny")]["fields"] == [
+        {"name": "width", "type": "int", "bounds": "", "default": 32, "doc": ""}]
     assert rows[("divergence", "dijs")]["package"] == "diffratio"
     # the broken plugin is reported with its package name, and everything else still loaded
     assert [(f["plugin"], f["package"]) for f in info["failures"]] == [("broken", "diffratio-broken")]

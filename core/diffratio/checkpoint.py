@@ -346,19 +346,3 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if (p / META_FILE).exists():
         return p
     raise CheckpointError(f"{p} holds no checkpoint (expected checkpoints/<step>/ inside a run directory)")
-
-
-def load_pretrained_denoiser(path: str | Path) -> dict[str, torch.Tensor]:
-    """The EMA denoiser weights of a pretraining (``edm``) run, for initialising generators.
-
-    ``path`` is an ``edm`` run directory, one of its checkpoints, or an exported ``.pt`` file holding
-    ``{"denoiser": state_dict}``.
-    """
-    ckpt = resolve_checkpoint(path)
-    state = load_state(ckpt)
-    method_state = state.get("method", state) if isinstance(state, dict) else {}
-    for key in ("denoiser_ema", "denoiser"):
-        if key in method_state:
-            return method_state[key]
-    raise CheckpointError(f"{ckpt} holds no pretrained denoiser (keys: {sorted(method_state)[:8]}); "
-                          "initialise from the run directory of an `edm` pretraining recipe")
