@@ -17,7 +17,7 @@ lines are split into commands: ``\\`` continues a line, a here-document belongs 
 Every command not in ``NOT_RUN`` is run, so a new command in the docs is either run by
 ``test_docs_commands_run`` (and fails it if it does not work here) or listed with a reason; an entry that
 no command matches any more fails ``test_no_stale_entries``. Repository paths that commands name (recipes,
-scripts, folders) must exist. On the 2-core CPU machine the whole module takes about a minute and a half.
+scripts, folders) must exist. The whole module runs in minutes on a 2-core CPU machine.
 With ``DOCS_COMMANDS_LOG=FILE`` set, the transcript of every command run and its output goes to FILE.
 """
 
