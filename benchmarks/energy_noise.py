@@ -4,7 +4,7 @@ against its own held-out set), and both at a larger sample size.
 
     python benchmarks/energy_noise.py runs/toy2d [--num 2000] [--pairs 5] [--seeds 6] [--large 10000]
 
-Prints the numbers behind the averaging of the ``energy-distance`` metric (docs/results.md section 1).
+Prints the numbers that decide how many draws the ``energy-distance`` metric averages.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ finite data set that both the teacher and the classifier's real class draw from 
 source of bias); classifier as large as one score network ("equal per network") or as VSD's two
 together ("equal total"); a learning curve over training budgets; three seeds.
 
-    python benchmarks/estimator_bias.py             # the full table and figures (docs/results/)
+    python benchmarks/estimator_bias.py             # the headline table; full tables and figures in --out
     python benchmarks/estimator_bias.py --explore   # classifier parameterisations, one seed
 """
 
@@ -53,8 +53,6 @@ from diffratio_builtins.methods.vsd import score_difference
 from diffratio_builtins.models import ClassifierRatio
 from diffratio_builtins.schedules import LogNormal, apply_weighting
 from diffratio_builtins.strategies.single import SingleDevice
-
-ROOT = Path(__file__).resolve().parents[1]
 
 # ---- the problem ------------------------------------------------------------------------------------
 
@@ -500,7 +498,8 @@ def plot(summary: list[dict[str, Any]], path: Path, budget: int, data: str, esti
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "results")
+    ap.add_argument("--out", type=Path, default=Path("runs") / "estimator_bias",
+                    help="folder for the full tables, raw numbers and figures")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--budgets", default="250,1000,5000")
     ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
@@ -556,8 +555,33 @@ def main(argv: list[str] | None = None) -> int:
               f"{os.getloadavg()[0]:.1f} at the end (the machine is shared).\n\n" + PARAMS_NOTE)
     (args.out / f"{prefix}_table.md").write_text(header + markdown_tables(summary, params))
     draw(args, prefix, summary, budgets, names, [] if args.explore else eq)
+    if not args.explore:
+        print(headline(summary, params))
     print(f"done in {elapsed / 60:.1f} min; wrote {args.out}/{prefix}.csv, {prefix}_table.md and PNGs")
     return 0
+
+
+def headline(summary: list[dict[str, Any]], params: dict[str, int], variant: str = "inv_sigma+snr") -> str:
+    """The summary table of the results page: grid-mean relative L2 error, mean ± std over seeds, of
+    DiffRatio's classifier (``variant``) against VSD, per generator and budget on fresh data, then the close
+    generator with a teacher trained on finite data."""
+    def cell(gen: str, data: str, est: str, budget: int) -> tuple[float, float]:
+        r = next(x for x in summary if (x["generator"], x["data"], x["estimator"], x["budget"], x["size"], x["sigma"])
+                 == (gen, data, est, budget, "equal per network", "mean"))
+        return r["rel_error_mean"], r["rel_error_std"]
+    ours = f"diffratio:{variant}"
+    budgets = sorted({r["budget"] for r in summary})
+    lines = [f"| generator q | training steps | DiffRatio (one network, {params[ours] / 1000:.0f}k parameters) "
+             f"| VSD (two networks, {params['vsd'] / 1000:.0f}k) |", "|---|---|---|---|"]
+    for gen in ("far", "close"):
+        for b in budgets:
+            (m, s), (vm, vs) = cell(gen, "inf", ours, b), cell(gen, "inf", "vsd", b)
+            lines.append(f"| {gen} | {b} | {m:.2f} ± {s:.2f} | {vm:.2f} ± {vs:.2f} |")
+    if any(r["data"] == "finite" for r in summary):
+        fin = [(cell("close", "finite", ours, b)[0], cell("close", "finite", "vsd", b)[0]) for b in budgets]
+        lines.append(f"| close, teacher trained on finite data | {' / '.join(map(str, budgets))} | "
+                     f"{' / '.join(f'{a:.2f}' for a, _ in fin)} | {' / '.join(f'{v:.2f}' for _, v in fin)} |")
+    return "\n".join(lines)
 
 
 PARAMS_NOTE = "Parameters: VSD counts its two score networks (teacher + fake); DiffRatio its one classifier.\n\n"

@@ -1,6 +1,5 @@
 #!/usr/bin/env bash
 # Pretrain (edm) then DiffRatio on MNIST or Fashion-MNIST, then one-step and Heun sample grids.
-# Used on the GPU machine for docs/results.md:
 #   bash benchmarks/images_chain.sh mnist|fashion-mnist [PRETRAIN_SECONDS] [DIFFRATIO_SECONDS] [--set K=V ...]
 # Each stage is stopped with SIGTERM at its time limit (the run then checkpoints and the chain goes on).
 # Environment: RUNS (default runs), OUT (copies of logs and pictures), DATA_SETS (extra --set for both

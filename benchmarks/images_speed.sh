@@ -1,6 +1,5 @@
 #!/usr/bin/env bash
-# Images/s and peak GPU memory of the Fashion-MNIST recipes, eager and compiled, with the current
-# training step (issue 4's comparison against the compact reference of shared/docs/environment.md).
+# Images/s and peak GPU memory of the Fashion-MNIST recipes (pretraining, then DiffRatio), eager and compiled.
 #   DATA_SETS="--set dataset.root=.device/data/fashion" bash benchmarks/images_speed.sh [PRE_STEPS] [DR_STEPS]
 # Each stage is a short dr-train run of the real recipe (step counts lowered); the table is printed by
 # benchmarks/log_speed.py from the console logs (median of the 100-step windows after the first).

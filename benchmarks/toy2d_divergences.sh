@@ -1,17 +1,33 @@
 #!/usr/bin/env bash
-# recipes/toy2d.toml with each built-in divergence; prints the final energy distance, its floor and the
-# wall time. Used for docs/results.md:  bash benchmarks/toy2d_divergences.sh [RUNS_DIR]
+# recipes/toy2d.toml once per divergence and seed, one run at a time; prints a markdown table of the final
+# energy distance, its floor, their ratio, the seconds of training and the wall seconds, with the thread count.
+#   bash benchmarks/toy2d_divergences.sh [RUNS_DIR]
+#   SEEDS="0 1 2 3" DIVS="dijs kl reverse-kl" THREADS=2 bash benchmarks/toy2d_divergences.sh
+# Defaults: SEEDS=0, DIVS="dijs reverse-kl kl", THREADS = the recipe's strategy.threads.
 set -euo pipefail
 runs=${1:-runs/toy2d-divergences}
+mkdir -p "$runs"
+threads=()
+[ -n "${THREADS:-}" ] && threads=(--set "strategy.threads=$THREADS")
+echo "| divergence | seed | threads | energy distance | floor | ratio | training s | wall s |"
+echo "|---|---|---|---|---|---|---|---|"
 for div in ${DIVS:-dijs reverse-kl kl}; do
-  rm -rf "$runs/$div"
-  start=$(date +%s.%N)
-  dr-train recipes/toy2d.toml --run-dir "$runs/$div" --no-progress --set "divergence.name=$div" > "$runs.$div.log" 2>&1
-  end=$(date +%s.%N)
-  python - "$runs/$div/metrics.jsonl" "$div" "$start" "$end" <<'PY'
+  for seed in ${SEEDS:-0}; do
+    dir="$runs/$div-$seed"
+    rm -rf "$dir"
+    start=$(date +%s.%N)
+    dr-train recipes/toy2d.toml --run-dir "$dir" --no-progress --set "divergence.name=$div" \
+      --set "run.seed=$seed" "${threads[@]}" > "$dir.log" 2>&1
+    end=$(date +%s.%N)
+    python - "$dir" "$div" "$seed" "$start" "$end" <<'PY'
 import json, sys
-m = json.loads(open(sys.argv[1]).read().splitlines()[-1])
-print(f"| {sys.argv[2]} | {m['energy-distance/energy_distance']:.5f} | {m['energy-distance/floor']:.5f} | "
-      f"{m['energy-distance/ratio']:.2f} | {m['train_seconds']:.0f} | {float(sys.argv[4]) - float(sys.argv[3]):.0f} |")
+from pathlib import Path
+run, div, seed, start, end = sys.argv[1:]
+m = json.loads(Path(run, "metrics.jsonl").read_text().splitlines()[-1])
+threads = json.loads(Path(run, "run.json").read_text())["config"]["strategy"]["threads"]
+print(f"| {div} | {seed} | {threads} | {m['energy-distance/energy_distance']:.5f} | "
+      f"{m['energy-distance/floor']:.5f} | {m['energy-distance/ratio']:.2f} | {m['train_seconds']:.0f} | "
+      f"{float(end) - float(start):.0f} |")
 PY
+  done
 done

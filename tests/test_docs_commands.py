@@ -17,7 +17,7 @@ lines are split into commands: ``\\`` continues a line, a here-document belongs 
 Every command not in ``NOT_RUN`` is run, so a new command in the docs is either run by
 ``test_docs_commands_run`` (and fails it if it does not work here) or listed with a reason; an entry that
 no command matches any more fails ``test_no_stale_entries``. Repository paths that commands name (recipes,
-scripts, folders) must exist. On the 2-core CPU machine the whole module takes about a minute and a half.
+scripts, folders) must exist. The whole module runs in minutes on a 2-core CPU machine.
 With ``DOCS_COMMANDS_LOG=FILE`` set, the transcript of every command run and its output goes to FILE.
 """
 
@@ -46,7 +46,7 @@ EXAMPLE = "examples/diffratio-hellinger"
 APPENDED: dict[str, tuple[str, str]] = {
     "dr-train recipes/toy2d.toml": (
         "--set run.steps=100",
-        "the full 2000 steps take about 2 minutes; 100 steps exercise the same run (checkpoint, evaluation, "
+        "the full 2000 steps take minutes; 100 steps exercise the same run (checkpoint, evaluation, "
         "sample picture at the last step) in seconds"),
 }
 
@@ -72,16 +72,16 @@ NOT_RUN: dict[str, tuple[str, str]] = {
     "sudo apt-get install dataset-fashion-mnist": (
         "download", "needs root and the Debian archive; .ci/run installs the package with apt-get"),
     "dr-train recipes/mnist-pretrain.toml": (
-        "gpu", "bf16 U-Net pretraining, about 3.5 minutes on one H100/H200 (docs/results.md); the dry run is run"),
+        "gpu", "bf16 U-Net pretraining, minutes on one GPU; the dry run is run"),
     "dr-train recipes/mnist.toml": (
-        "gpu", "needs the GPU pretraining run above; about 3.5 minutes on one H100/H200; the dry run is run"),
-    "dr-sample runs/mnist --num 10000 --out mnist-onestep.npz --grid mnist-onestep.png": (
+        "gpu", "needs the GPU pretraining run above; minutes on one GPU; the dry run is run"),
+    "dr-sample runs/mnist --num 10000 --out runs/mnist/onestep.npz --grid runs/mnist/onestep.png": (
         "gpu", "needs the trained GPU run of recipes/mnist.toml"),
-    "dr-eval fid mnist-onestep.npz --ref mnist --set pad_to_32=true --pr": (
+    "dr-eval fid runs/mnist/onestep.npz --ref mnist --set pad_to_32=true --pr": (
         "gpu", "needs the GPU run's samples; 10,000 images cost about 15 minutes of CPU (tests/test_fid.py "
                "checks dr-eval on small sets)"),
     "bash benchmarks/images_chain.sh mnist": (
-        "gpu", "the pretraining and DiffRatio chain on a GPU (docs/results.md section 2)"),
+        "gpu", "the pretraining and DiffRatio chain on a GPU"),
     # docs/scale.md: ImageNet, a VAE and GPUs; tests/test_latents.py runs the VAE tool with a stand-in autoencoder
     "pip install diffusers safetensors": (
         "download", "fetches from PyPI; tests/test_latents.py checks the message that names this install"),
