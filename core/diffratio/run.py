@@ -27,18 +27,22 @@ from diffratio.registry import Registry
 
 
 class DataSampler:
-    """Random batches of real data by index, from its own seeded generator (its state is checkpointed)."""
+    """Random batches of real data by index, from its own seeded generator (its state is checkpointed).
+
+    The generator lives on the training device, so the indices are drawn there: no copy from host memory,
+    which for pageable memory would wait for the device every step.
+    """
 
     def __init__(self, dataset: Dataset, seed: int, device: torch.device) -> None:
         if len(dataset) == 0:
             raise DiffRatioError(f"data set {type(dataset).registered_name!r} is empty")
         self.dataset = dataset
         self.device = device
-        self.gen = torch.Generator().manual_seed(seed)
+        self.gen = torch.Generator(device=device).manual_seed(seed)
 
     def batch(self, n: int) -> tuple[Tensor, Tensor | None]:
-        idx = torch.randint(len(self.dataset), (n,), generator=self.gen)
-        return self.dataset.get(idx.to(self.device, non_blocking=True))
+        idx = torch.randint(len(self.dataset), (n,), generator=self.gen, device=self.device)
+        return self.dataset.get(idx)
 
     def state_dict(self) -> dict[str, Any]:
         return {"rng": self.gen.get_state()}
