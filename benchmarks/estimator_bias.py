@@ -47,11 +47,11 @@ from torch import Tensor, nn
 from diffratio import OptimizerConfig, count_parameters
 from diffratio.analytic import GaussianMixture, ring
 from diffratio.edm import EDMDenoiser
-from diffratio.losses import denoising_loss, ratio_loss
+from diffratio.losses import apply_weighting, denoising_loss, ratio_loss
 from diffratio_builtins.backbones.mlp import MLPBackbone
 from diffratio_builtins.methods.vsd import score_difference
 from diffratio_builtins.models import ClassifierRatio
-from diffratio_builtins.schedules import LogNormal, apply_weighting
+from diffratio_builtins.schedules import LogNormal
 from diffratio_builtins.strategies.single import SingleDevice
 
 # ---- the problem ------------------------------------------------------------------------------------
@@ -83,7 +83,7 @@ OPTIMIZER = OptimizerConfig(lr=1e-3, betas=(0.9, 0.999))
 NET = MLPBackbone.Config(hidden=64, depth=2, embed_dim=32)
 
 #: classifier variants: ClassifierRatio.Config options and the weighting lambda(sigma) of the logistic loss
-#: (schedules.apply_weighting with sigma_data = SIGMA_DATA; "snr" = sigma^2 / (sigma^2 + sigma_data^2))
+#: (diffratio.losses.apply_weighting with sigma_data = SIGMA_DATA; "snr" = sigma^2 / (sigma^2 + sigma_data^2))
 PLAIN = {"ratio": {}, "weighting": "one"}
 VARIANTS: dict[str, dict[str, Any]] = {
     "plain": PLAIN,
@@ -350,7 +350,7 @@ def training_weight(sigma: float) -> float:
     return math.exp(-0.5 * ((math.log(sigma) - c.p_mean) / c.p_std) ** 2)
 
 
-#: pooled summaries: generator weighting w(sigma) of each ("sigma2": the schedule default; "one": toy2d.toml)
+#: pooled summaries: generator weighting w(sigma) of each ("sigma2": VSD's weighting; "one": the recipes' default)
 POOLED = {"pooled w=sigma2": lambda s: s**2, "pooled w=1": lambda s: 1.0}
 
 
@@ -418,8 +418,8 @@ def markdown_tables(summary: list[dict[str, Any]], params: dict[str, int]) -> st
     lines = ["### Summary (mean ± std over seeds)", "",
              "grid mean: plain average over the 10 sigma of the grid. pooled: relative error of the generator's "
              "gradient signal w(sigma) (est - true), pooled over sigma drawn from the training log-normal, for "
-             "w = sigma^2 (the schedule default) and w = 1 (recipes/toy2d.toml); its cosine is the mean under "
-             "the training log-normal.", "",
+             "w = sigma^2 (VSD's weighting) and w = 1 (method.generator_weighting's default); its cosine is the "
+             "mean under the training log-normal.", "",
              "| generator | data | budget | estimator | parameters | grid-mean rel. L2 error | grid-mean cosine "
              "| pooled error, w = sigma^2 | pooled error, w = 1 | pooled cosine |", "|---" * 10 + "|"]
     order = {"far": 0, "close": 1, "inf": 0, "finite": 1}

@@ -20,6 +20,7 @@ plus its largest transient allocation.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import gc
 import gzip
@@ -226,10 +227,13 @@ def recipe_sets(args: argparse.Namespace, compiled: bool) -> list[str]:
 
 def make_init(args: argparse.Namespace, registry: Registry, folder: Path) -> dict[str, Tensor]:
     """A random denoiser after one EDM step, trained by the real training loop into ``folder`` (the pretraining
-    run each stage's ``method.init`` loads); returns its weights as the plain loop reads them."""
-    sets = [*recipe_sets(args, False), "run.batch_size=2", "run.steps=1"]
-    training_loop(load_recipe(ROOT / "recipes" / RECIPES["edm"], sets, registry=registry), folder, registry,
-                  progress=False)
+    run each stage's ``method.init`` loads); returns its weights as the plain loop reads them. Its closing
+    sample grid is drawn with one sampler step (nothing reads it); its log lines go to stderr (stdout is the
+    table's)."""
+    sets = [*recipe_sets(args, False), "run.batch_size=2", "run.steps=1", "method.sample_steps=1"]
+    with contextlib.redirect_stdout(sys.stderr):
+        training_loop(load_recipe(ROOT / "recipes" / RECIPES["edm"], sets, registry=registry), folder, registry,
+                      progress=False)
     return load_pretrained_denoiser(folder, registry)
 
 

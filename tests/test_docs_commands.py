@@ -74,7 +74,8 @@ NOT_RUN: dict[str, tuple[str, str]] = {
     "dr-train recipes/mnist-pretrain.toml": (
         "gpu", "bf16 U-Net pretraining, minutes on one GPU; the dry run is run"),
     "dr-train recipes/mnist.toml": (
-        "gpu", "needs the GPU pretraining run above; minutes on one GPU; the dry run is run"),
+        "gpu", "needs the GPU pretraining run above; minutes on one GPU; its dry run checks that run too, so "
+               "tests/test_preflight.py checks method.init against a run directory"),
     "dr-sample runs/mnist --num 10000 --out runs/mnist/onestep.npz --grid runs/mnist/onestep.png": (
         "gpu", "needs the trained GPU run of recipes/mnist.toml"),
     "dr-eval fid runs/mnist/onestep.npz --ref mnist --set pad_to_32=true --pr": (
@@ -82,6 +83,13 @@ NOT_RUN: dict[str, tuple[str, str]] = {
                "checks dr-eval on small sets)"),
     "bash benchmarks/images_chain.sh mnist": (
         "gpu", "the pretraining and DiffRatio chain on a GPU"),
+    # docs/backbones.md: the image recipes switched to DiT
+    "dr-train recipes/fashion-mnist-pretrain.toml --set backbone.name=dit --set backbone.size=S --set "
+    "backbone.patch_size=2": (
+        "gpu", "DiT pretraining, minutes on one GPU; the dry run with the same options is run"),
+    "dr-train recipes/fashion-mnist.toml --set backbone.name=dit --set backbone.size=S --set backbone.patch_size=2": (
+        "gpu", "needs the DiT pretraining run above; tests/test_preflight.py checks method.init against a run "
+               "directory's backbone"),
     # docs/scale.md: ImageNet, a VAE and GPUs; tests/test_latents.py runs the VAE tool with a stand-in autoencoder
     "pip install diffusers safetensors": (
         "download", "fetches from PyPI; tests/test_latents.py checks the message that names this install"),
@@ -96,8 +104,8 @@ NOT_RUN: dict[str, tuple[str, str]] = {
         "gpu", "needs a trained ImageNet 512 run and the VAE; tests/test_latents.py decodes with a stand-in"),
     "torchrun --nproc_per_node 8 -m diffratio train recipes/imagenet512.toml --set "
     "dataset.path=datasets/imagenet512-sd-latents": (
-        "gpu", "8 GPUs and the ImageNet latents; the dry run is run, tests/test_scale_recipes.py trains the recipe "
-               "on synthetic latents with a tiny network"),
+        "gpu", "8 GPUs and the ImageNet latents; the pretraining recipe's dry run is run, "
+               "tests/test_scale_recipes.py trains the recipe on synthetic latents with a tiny network"),
     "python benchmarks/throughput.py recipes/imagenet512.toml --steps 20 --set dataset.name=synthetic-latents "
     "--variant 'b16: run.batch_size=16' --variant 'b32: run.batch_size=32' --out throughput-methods.md": (
         "gpu", "DiT-XL/2 on one H100; the tiny CPU command above runs the same script"),

@@ -69,11 +69,13 @@ def test_chain_through_the_cli(pretrained: Path, tmp_path: Path) -> None:
     assert heun.returncode == 0, heun.stderr
 
 
-def test_mismatched_backbone_names_the_tensors(pretrained: Path, tmp_path: Path) -> None:
+def test_mismatched_backbone_names_the_setting(pretrained: Path, tmp_path: Path) -> None:
+    """The preflight compares the recipe's backbone with the one of the run it initialises from."""
     res = run_cli("dr-train", str(RECIPES / "fashion-mnist.toml"), "--run-dir", str(tmp_path / "bad"),
                   *sets(*TINY_IMAGES, f"method.init='{pretrained}'", "backbone.model_channels=8"))
     assert res.returncode == 2
-    assert "cannot initialise the generator" in res.stderr and "checkpoint (16" in res.stderr
+    assert "differs from the backbone of the run it initialises from" in res.stderr
+    assert "model_channels: 16 there, 8 here" in res.stderr
     assert "Traceback" not in res.stderr
 
 

@@ -38,7 +38,8 @@ def test_builtins_import_only_public_api() -> None:
 #: the diffratio modules a plugin may import (docs/architecture.md, "The public API for plugin authors")
 PUBLIC = {"diffratio", "diffratio.config", "diffratio.losses", "diffratio.edm", "diffratio.analytic",
           "diffratio.attention", "diffratio.inference", "diffratio.verifier", "diffratio.dataset_tool",
-          "diffratio.visualize", "diffratio.recipe", "diffratio.cli", "diffratio.fid"}
+          "diffratio.visualize", "diffratio.recipe", "diffratio.cli", "diffratio.fid", "diffratio.devices",
+          "diffratio.idx", "diffratio.longjob"}
 #: imported only for annotations (inside ``if TYPE_CHECKING:``)
 TYPES_ONLY = {"diffratio.engine", "diffratio.registry"}
 

@@ -16,6 +16,7 @@ import torch
 from click.testing import CliRunner
 from torch import Tensor, nn
 
+from diffratio import DiffRatioError
 from diffratio.analytic import GaussianMixture
 from diffratio.cli import train
 from diffratio.inference import load_pretrained_denoiser
@@ -141,9 +142,13 @@ def test_vsd_and_diffratio_start_from_the_pretrained_ema(edm_run: Path, tmp_path
 def test_vsd_needs_init_and_a_matching_teacher(edm_run: Path, tmp_path: Path) -> None:
     code, out = dr_train("toy2d-vsd.toml", tmp_path / "a", "run.steps=2", "method.init=\"\"")
     assert code == 2 and "needs method.init" in out  # refused before any step
-    code, out = dr_train("toy2d-vsd.toml", tmp_path / "b", "run.steps=2", f"method.init={json.dumps(str(edm_run))}",
-                         "backbone.hidden=48")
-    assert code == 2 and "cannot initialise the teacher" in out
+    init = f"method.init={json.dumps(str(edm_run))}"
+    code, out = dr_train("toy2d-vsd.toml", tmp_path / "b", "run.steps=2", init, "backbone.hidden=48")
+    assert code == 2 and "differs from the backbone of the run it initialises from" in out  # the preflight
+    assert "hidden: 32 there, 48 here" in out
+    with pytest.raises(DiffRatioError, match="cannot initialise the teacher") as err:  # built past the preflight
+        build_method("toy2d-vsd.toml", tmp_path / "c", init, "backbone.hidden=48")
+    assert "backbone.inp.weight: checkpoint (32, 2) vs model (48, 2)" in str(err.value)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -313,8 +318,7 @@ def test_toy2d_vsd_recipe_shares_every_setting_with_toy2d() -> None:
     assert {k: v for k, v in dr["run"].items() if k != "name"} == {k: v for k, v in vsd["run"].items() if k != "name"}
     m1, m2 = dr["method"], vsd["method"]
     assert m1["generator_optimizer"] == m2["generator_optimizer"] and m1["ema_decay"] == m2["ema_decay"]
-    # the auxiliary network's learning rate is each method's own: DiffRatio's was measured on this recipe
-    # (docs/results.md section 1), VSD keeps the 1e-3 of its runs; every other optimiser setting is shared
+    # the auxiliary network's learning rate is each method's own; every other optimiser setting is shared
     aux = ({k: v for k, v in m1["ratio_optimizer"].items() if k != "lr"},
            {k: v for k, v in m2["fake_optimizer"].items() if k != "lr"})
     assert aux[0] == aux[1] and m1["ratio_steps"] == m2["fake_steps"]

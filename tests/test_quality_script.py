@@ -25,11 +25,18 @@ def eval_args(**kw: object) -> argparse.Namespace:
                                  "at_steps": [], "study_curves": False, **kw})
 
 
+def checkpoint(run_dir: Path, step: int) -> None:
+    """A committed checkpoint folder as ``list_checkpoints`` sees one (a step-named folder, not empty)."""
+    folder = run_dir / "checkpoints" / f"{step:09d}"
+    folder.mkdir(parents=True)
+    (folder / "meta.json").write_text("{}")
+
+
 def test_jobs_cover_every_checkpoint_and_shards_balance(tmp_path: Path) -> None:
     q = load_quality()
     for name, steps in {"pretrain": [3000], "diffratio-dijs": [500, 1000, 1234], "vsd": [500, 900]}.items():
         for s in steps:
-            (tmp_path / name / "checkpoints" / f"{s:09d}").mkdir(parents=True)
+            checkpoint(tmp_path / name, s)
     args = eval_args(num=100, curve_num=20, sweep_num=50)
     jobs = q.jobs(tmp_path, args)
     keys = [j["key"] for j in jobs]
@@ -80,7 +87,7 @@ def test_plan_of_methods_and_study_variants(tmp_path: Path) -> None:
     # study runs get a final evaluation (no curve)
     for name, steps in {"study-lr": [500, 700], "diffratio-kl": [500, 700]}.items():
         for s in steps:
-            (tmp_path / name / "checkpoints" / f"{s:09d}").mkdir(parents=True)
+            checkpoint(tmp_path / name, s)
     jobs = q.jobs(tmp_path, eval_args())
     assert sorted((j["kind"], j["run"], j["step"]) for j in jobs) == [
         ("curve", "diffratio-kl", 500), ("final", "diffratio-kl", 700), ("final", "study-lr", 700)]

@@ -333,10 +333,11 @@ def test_trainable_skips_a_nonfinite_update_on_the_device() -> None:
 
 def test_nonfinite_steps_are_skipped_counted_and_keep_out_of_checkpoints(tmp_path: Path) -> None:
     probe = Probe()
-    run = train(tmp_path / "run", "divergence.name=nan-after", "divergence.good_steps=27", "divergence.bad_steps=5",
+    run = train(tmp_path / "run", "divergence.name=nan-after", "divergence.good_steps=22", "divergence.bad_steps=5",
                 "run.steps=40", "run.keep_checkpoints=9", registry=registry_with(probe))
     assert run.step == 40
-    # generator steps 28..32 were skipped; the checkpoint of step 30 waited for the first good step, 33
+    # after 5 warm-up loop steps, generator updates 23..27 (loop steps 28..32) were skipped; the checkpoint of
+    # step 30 waited for the first good step, 33
     assert names(tmp_path / "run") == ["000000010", "000000020", "000000033", "000000040"]
     skipped = {step: values["nonfinite/skipped_steps"] for step, values in probe.logged.items()}
     assert skipped == {10: 0, 20: 0, 30: 3, 40: 5}
@@ -347,9 +348,9 @@ def test_nonfinite_steps_are_skipped_counted_and_keep_out_of_checkpoints(tmp_pat
 
 def test_divergence_stops_the_run_naming_loss_and_step(tmp_path: Path) -> None:
     with pytest.raises(Diverged) as err:
-        train(tmp_path / "run", "divergence.name=nan-after", "divergence.good_steps=25", "run.max_nonfinite_steps=8",
+        train(tmp_path / "run", "divergence.name=nan-after", "divergence.good_steps=20", "run.max_nonfinite_steps=8",
               "run.steps=60")
-    msg = str(err.value)
+    msg = str(err.value)  # 5 warm-up loop steps, then generator update 21 (loop step 26) is the first bad one
     assert "8 steps in a row had non-finite losses or gradients (run.max_nonfinite_steps = 8)" in msg
     assert "from loss/generator = nan, generator/grad_norm = nan at step 26 to step 33" in msg
     assert "the last checkpoint" in msg and "(step 20), is from before the divergence" in msg

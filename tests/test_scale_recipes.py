@@ -47,15 +47,33 @@ def dry_run(recipe: str, *args: str) -> dict[str, Any]:
     return json.loads(res.output)
 
 
+def on_this_machine(recipe: str) -> list[str]:
+    """``ON_CPU`` where the recipe's strategy is not registered here, else nothing."""
+    return [] if registered("strategy", load_recipe_doc(recipe)["strategy"]["name"]) else ON_CPU
+
+
+@pytest.fixture
+def pretraining_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A working directory holding ``runs/<base>-pretrain/run.json`` of each scale recipe, as dr-train writes it
+    from the pretraining recipe's resolved config: the run a one-step recipe's ``method.init`` names, which
+    the preflight compares backbones with (so the one-step recipes must keep their pretraining's network)."""
+    for base in DATA:
+        config = dry_run(f"{base}-pretrain", *on_this_machine(f"{base}-pretrain"))["config"]
+        run = tmp_path / "runs" / f"{base}-pretrain"
+        run.mkdir(parents=True)
+        (run / "run.json").write_text(json.dumps({"config": config}))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
 @pytest.mark.parametrize("recipe", SCALE)
-def test_dry_run_resolves_and_names_the_data_path(recipe: str) -> None:
+def test_dry_run_resolves_and_names_the_data_path(recipe: str, pretraining_runs: Path) -> None:
     text = (RECIPES / f"{recipe}.toml").read_text()
     base = recipe.removesuffix("-pretrain")
-    strategy = load_recipe_doc(recipe)["strategy"]["name"]
-    args = [] if registered("strategy", strategy) else ON_CPU
-    out = dry_run(recipe, *args)
+    out = dry_run(recipe, *on_this_machine(recipe))
     assert out["config"]["dataset"]["path"] == DATA[base]
-    assert "YOU SUPPLY THIS" in text and "Expected cost" in text
+    assert "YOU SUPPLY THIS" in text and "docs/scale.md" in text  # the cost estimate is docs/scale.md's table
+    assert f"| `recipes/{recipe}.toml` |" in (ROOT / "docs" / "scale.md").read_text()
     assert out["plugins"]["dataset"]["plugin"] == "diffratio_builtins"
 
 
@@ -65,10 +83,20 @@ def load_recipe_doc(recipe: str) -> dict[str, Any]:
     return tomllib.loads((RECIPES / f"{recipe}.toml").read_text())
 
 
-def test_imagenet512_dry_run_from_the_command_line() -> None:
-    """The ImageNet-512 command as a user types it (with the deepspeed strategy when it is registered)."""
+def test_one_step_dry_run_without_its_pretraining_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The preflight of the dry run checks the run ``method.init`` names: it must be there."""
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(train, [str(RECIPES / "cifar10.toml"), "--dry-run", *on_this_machine("cifar10")])
+    assert res.exit_code == 2
+    assert "recipe.method.init: runs/cifar10-pretrain does not exist" in res.output
+
+
+def test_imagenet512_dry_run_from_the_command_line(pretraining_runs: Path) -> None:
+    """The ImageNet-512 command as a user types it (with the deepspeed strategy when it is registered), after
+    its pretraining."""
     extra = [] if registered("strategy", "deepspeed") else ON_CPU
-    res = run_cli("dr-train", str(RECIPES / "imagenet512.toml"), "--dry-run", *extra, timeout=120)
+    res = run_cli("dr-train", str(RECIPES / "imagenet512.toml"), "--dry-run", *extra, timeout=120,
+                  cwd=pretraining_runs)
     assert res.returncode == 0, res.stderr
     config = json.loads(res.stdout)["config"]
     assert config["dataset"]["name"] == "latents" and config["dataset"]["path"] == DATA["imagenet512"]
@@ -82,10 +110,11 @@ def test_imagenet512_dry_run_from_the_command_line() -> None:
            r"`python -m diffratio_builtins\.vae encode"),
     ('""', r"dataset\.path is not set: give the latent shards of your data\. To prepare them .*vae encode"),
 ], ids=["placeholder", "empty"])
-def test_imagenet512_without_data_says_how_to_prepare_latents(value: str | None, match: str, tmp_path: Path) -> None:
+def test_imagenet512_without_data_says_how_to_prepare_latents(value: str | None, match: str,
+                                                              pretraining_runs: Path) -> None:
     import re
 
-    args = [str(RECIPES / "imagenet512.toml"), "--run-dir", str(tmp_path / "run"),
+    args = [str(RECIPES / "imagenet512.toml"), "--run-dir", str(pretraining_runs / "run"),
             *sets("strategy.name=single", "run.min_free_disk_gb=0.01", "loggers.tensorboard=false")]
     if value is not None:
         args += ["--set", f"dataset.path={value}"]

@@ -16,7 +16,8 @@ from torch import nn
 
 from diffratio import DiffRatioError, OptimizerConfig
 from diffratio.devices import resolve_device
-from diffratio_builtins.strategies import common
+from diffratio_builtins.strategies import common, ddp, single
+from diffratio_builtins.strategies import deepspeed as deepspeed_strategy
 from diffratio_builtins.strategies.ddp import DDP
 from diffratio_builtins.strategies.single import LocalTrainable, SingleDevice
 
@@ -55,7 +56,10 @@ def fake_compile(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
         return wrapper
 
     monkeypatch.setattr(torch, "compile", compile_)
-    monkeypatch.setattr(common, "compiles", lambda settings, device: settings.compile)
+    # every strategy module that imported ``compiles`` holds its own binding of it (DeepSpeed's does)
+    for module in (common, single, ddp, deepspeed_strategy):
+        if hasattr(module, "compiles"):
+            monkeypatch.setattr(module, "compiles", lambda settings, device: settings.compile)
     return made
 
 

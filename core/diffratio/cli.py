@@ -131,7 +131,9 @@ def _default(row: Any) -> Any:
 @click.option("--candidates", type=click.IntRange(min=1), default=1, show_default=True,
               help="One-step candidates per sample, scored by the ratio estimator (1 = plain sampling).")
 @click.option("--select", type=click.Choice(["best", "sir"]), default="sir", show_default=True,
-              help="Keep the best candidate, or resample one with weights exp(-f) (sampling-importance-resampling).")
+              help="best: keep the candidate of largest weight exp(-f), which collapses the samples onto the modes "
+                   "the ratio favours; sir: resample one with probabilities proportional to exp(-f) "
+                   "(sampling-importance-resampling), which keeps every mode.")
 @click.option("--verifier-sigma", type=click.FloatRange(min=0), default=None,
               help="Noise level at which the ratio scores candidates (default: the run's method.verifier_sigma, "
                    "which defaults to diffratio.verifier.DEFAULT_VERIFIER_SIGMA).")
@@ -147,7 +149,8 @@ def sample(run_dir: Path, num: int, out: Path | None, grid: Path | None, seed: i
     turned into images.
 
     With --candidates N each sample is chosen among N one-step samples by the run's ratio estimator
-    (the learned density ratio as a verifier; methods with a ratio estimator only).
+    (the learned density ratio as a verifier; methods with a ratio estimator only). --select best collapses
+    the samples onto the modes the ratio favours (less diversity); --select sir does not.
     """
     from diffratio.sampling import export_run, sample_run
 

@@ -84,6 +84,12 @@ def setting(default: Any = attrs.NOTHING, doc: str = "", *, factory: Callable[[]
     return attrs.field(default=default, validator=combined, converter=converter, metadata=metadata)
 
 
+def empty_is_none(value: Any) -> Any:
+    """Converter of an optional text setting: ``""`` is None, so that ``--set key=""`` unsets what a recipe
+    sets (TOML has no null)."""
+    return None if value == "" else value
+
+
 def field_doc(field: attrs.Attribute) -> str:
     """The meaning of a config field (empty when it has none)."""
     return str(field.metadata.get(DOC, ""))
@@ -191,5 +197,5 @@ def config_fields(config_cls: type, prefix: str = "") -> list[FieldDoc]:
     return rows
 
 
-__all__ = ["setting", "field_doc", "field_bounds", "is_structural", "Bound", "FieldDoc", "config_fields",
-           "type_name", "toml_value", "default_of", "DOC", "BOUNDS", "STRUCTURAL"]
+__all__ = ["setting", "empty_is_none", "field_doc", "field_bounds", "is_structural", "Bound", "FieldDoc",
+           "config_fields", "type_name", "toml_value", "default_of", "DOC", "BOUNDS", "STRUCTURAL"]

@@ -35,7 +35,7 @@ class RunSettings:
     seed: int = setting(0, "seeds model initialisation, noise and data order", ge=0)
     log_every: int = setting(100, "steps between scalar logs and progress updates", ge=1)
     checkpoint_every: int = setting(1000, "steps between checkpoints (one is always written at the end)", ge=1)
-    keep_checkpoints: int = setting(2, "newest checkpoints kept on disk", ge=1)
+    keep_checkpoints: int = setting(2, "newest checkpoints kept on disk; 0 keeps every one", ge=0)
     eval_every: int = setting(0, "steps between metric evaluations; 0 = only at the end", ge=0)
     sample_every: int = setting(0, "steps between sample grids / scatter plots; 0 = only at the end", ge=0)
     min_free_disk_gb: float = setting(1.0, "refuse to start when the run directory's disk has less free space "

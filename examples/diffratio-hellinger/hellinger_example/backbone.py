@@ -7,7 +7,7 @@ import math
 import attrs
 import torch
 import torch.nn.functional as F
-from diffratio import Backbone
+from diffratio import Backbone, setting
 from torch import Tensor, nn
 
 
@@ -22,9 +22,9 @@ class FiLMBackbone(Backbone):
 
     @attrs.frozen(kw_only=True)
     class Config:
-        hidden: int = attrs.field(default=64, validator=attrs.validators.gt(0))  # width of the hidden layers
-        depth: int = attrs.field(default=2, validator=attrs.validators.ge(1))  # residual layers, each modulated
-        frequencies: int = attrs.field(default=8, validator=attrs.validators.ge(1))  # sin/cos pairs of the noise
+        hidden: int = setting(64, "width of the hidden layers", gt=0)
+        depth: int = setting(2, "residual layers, each modulated by the noise level", ge=1)
+        frequencies: int = setting(8, "sin/cos pairs of the noise label's features", ge=1)
 
     def __init__(self, config: Config, *, data_shape: tuple[int, ...], num_labels: int = 0,
                  mode: str = "full") -> None:

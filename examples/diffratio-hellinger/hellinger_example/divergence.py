@@ -6,7 +6,7 @@ import math
 
 import attrs
 import torch
-from diffratio import Divergence
+from diffratio import Divergence, setting
 from torch import Tensor
 
 
@@ -19,7 +19,7 @@ class SquaredHellinger(Divergence):
 
     @attrs.frozen(kw_only=True)
     class Config:
-        max_log_weight: float = 10.0  # clamp of log h(f); 10 leaves h exact for f >= -21.4
+        max_log_weight: float = setting(10.0, "clamp of log h(f); 10 leaves h exact for f >= -21.4")
 
     def weight(self, f: Tensor) -> Tensor:
         log_h = -0.5 * f - math.log(2.0)

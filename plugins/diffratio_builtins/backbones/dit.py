@@ -221,8 +221,8 @@ class DiTBackbone(Backbone):
         # the fixed embedding is a buffer, kept fp32 when a strategy holds the weights in bf16; cast it to the
         # weights' dtype so that the residual stream follows them (fp32 weights, under autocast too: unchanged)
         pos = self.pos_embed.to(self.patch_embed.weight.dtype)
-        # (B, N, hidden), made token-major in memory: the transposed view kept every residual add, norm and
-        # linear layer of the blocks on a channel-major layout (copies, slow element-wise kernels; results.md s. 5)
+        # (B, N, hidden), made token-major in memory: a transposed view would keep every residual add, norm and
+        # linear layer of the blocks on a channel-major layout (copies, slow element-wise kernels)
         h = self.patch_embed(x).flatten(2).transpose(1, 2).contiguous() + pos
         for blk in self.blocks:
             h = self.run_block(blk, h, cond)

@@ -67,13 +67,27 @@ def update_ema(ema: nn.Module, module: nn.Module, decay: float, step: int, warmu
         src_p = [p.detach().to(e.dtype) for p, e in zip(module.parameters(), ema_p, strict=True)]
         if isinstance(applied, Tensor):
             weight = applied.to(device=ema_p[0].device, dtype=ema_p[0].dtype) * (1.0 - d)
-            torch._foreach_lerp_(ema_p, src_p, weight)
+            _lerp_by_tensor(ema_p, src_p, weight)
             for b_ema, b in zip(ema.buffers(), module.buffers(), strict=True):
                 b_ema.copy_(torch.where(applied.to(b.device), b, b_ema))
         else:
             torch._foreach_lerp_(ema_p, src_p, 1.0 - d)
             for b_ema, b in zip(ema.buffers(), module.buffers(), strict=True):
                 b_ema.copy_(b)
+
+
+def _lerp_by_tensor(ema: list[Tensor], src: list[Tensor], weight: Tensor, chunk: int = 32) -> None:
+    """``ema += weight * (src - ema)`` for a 0-d ``weight`` on the device, without reading it on the host: a
+    fused lerp takes its weight as a number, which a GPU tensor would have to be synchronised for. The
+    difference is formed ``chunk`` tensors at a time, so the temporary memory stays a fraction of the model.
+    On the CPU nothing waits, and the fused lerp is used."""
+    if weight.device.type == "cpu":
+        torch._foreach_lerp_(ema, src, weight.item())
+        return
+    for i in range(0, len(ema), chunk):
+        delta = torch._foreach_sub(src[i:i + chunk], ema[i:i + chunk])
+        torch._foreach_mul_(delta, weight)
+        torch._foreach_add_(ema[i:i + chunk], delta)
 
 
 def scheduled_lrs(step: int, total: int, device: torch.device, **trainables: Trainable) -> dict[str, Tensor]:

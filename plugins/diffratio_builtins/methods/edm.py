@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from diffratio import Method, OptimizerConfig, Sampler, count_parameters
-from diffratio.config import setting
+from diffratio.config import empty_is_none, setting
 from diffratio.edm import heun_sample
 from diffratio.losses import denoising_loss
 from diffratio_builtins.methods.common import EmaWarmup, load_denoiser_weights, make_ema, scheduled_lrs, update_ema
@@ -68,7 +68,8 @@ class EDM(Method):
         sigma_min: float = setting(0.002, "lowest noise level of the sampler", gt=0)
         sigma_max: float = setting(80.0, "highest noise level of the sampler", gt=0)
         rho: float = setting(7.0, "exponent of the sampler's time steps", gt=0)
-        init: str | None = setting(None, "continue from another edm run directory / checkpoint; None = from scratch")
+        init: str | None = setting(None, 'continue from another edm run directory / checkpoint; unset (or "") = '
+                                         "from scratch", converter=empty_is_none)
 
     def __init__(self, config: Config, *, ctx: RunContext) -> None:
         super().__init__(config, ctx=ctx)

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from diffratio import Generator, Method, OptimizerConfig, RatioEstimator, Sampler, Trainable
-from diffratio.config import setting
+from diffratio.config import empty_is_none, setting
 from diffratio.losses import Weighting, apply_weighting
 from diffratio_builtins.methods.common import EmaWarmup, make_ema, scheduled_lrs, update_ema
 
@@ -67,7 +67,7 @@ class OneStepConfig:
                                       "warmed up early", ge=0, lt=1)
     ema_warmup: EmaWarmup = setting("ramp", "EMA decay warm-up: ramp, average or none (methods/common.py)")
     init: str | None = setting(None, "pretraining run directory / checkpoint the networks start from; "
-                                     "None = from scratch")
+                                     'unset (or "") = from scratch', converter=empty_is_none)
     generator_weighting: Weighting = setting("one", "w(sigma) of the generator loss: one, sigma2, snr or edm")
 
 

@@ -1,0 +1,43 @@
+"""The EMA update reads nothing on the host: a skipped step is folded into its weight on the device."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from diffratio_builtins.methods.common import _lerp_by_tensor, update_ema
+
+
+def test_device_weight_is_never_read_on_the_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    ema = [torch.empty(5, 3, device="meta") for _ in range(70)]
+    src = [torch.empty(5, 3, device="meta") for _ in range(70)]
+
+    def refuse(*_: object) -> None:
+        raise AssertionError("the EMA weight was read on the host")
+
+    monkeypatch.setattr(torch.Tensor, "item", refuse)
+    monkeypatch.setattr(torch.Tensor, "__float__", refuse)
+    _lerp_by_tensor(ema, src, torch.empty((), device="meta"))
+
+
+@pytest.mark.parametrize("applied", [True, False])
+def test_a_skipped_step_leaves_the_ema_alone(applied: bool) -> None:
+    torch.manual_seed(0)
+    model, ema = nn.Linear(4, 3), nn.Linear(4, 3)
+    before = [p.detach().clone() for p in ema.parameters()]
+    update_ema(ema, model, 0.9, step=100, warmup="none", applied=torch.tensor(applied))
+    for p, b, m in zip(ema.parameters(), before, model.parameters(), strict=True):
+        expected = torch.lerp(b, m.detach(), 0.1) if applied else b
+        torch.testing.assert_close(p.detach(), expected, rtol=0, atol=1e-7)
+
+
+@pytest.mark.gpu
+def test_device_path_matches_lerp_on_the_gpu() -> None:
+    ema = [torch.randn(64, 9, device="cuda") for _ in range(40)]
+    src = [torch.randn(64, 9, device="cuda") for _ in range(40)]
+    ref = [e.clone() for e in ema]
+    torch._foreach_lerp_(ref, src, 0.01)
+    _lerp_by_tensor(ema, src, torch.tensor(0.01, device="cuda"))
+    for a, b in zip(ema, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
