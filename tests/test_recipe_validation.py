@@ -34,7 +34,7 @@ def refused(tmp_path: Path, recipe: Path, *args: str) -> str:
     ("run.log_every=0", "recipe.run.log_every: must be >= 1, got 0"),
     ("run.steps=-10", "recipe.run.steps: must be >= 1, got -10"),
     ("run.steps=0", "recipe.run.steps: must be >= 1, got 0"),
-    ("run.keep_checkpoints=-1", "recipe.run.keep_checkpoints: must be >= 1, got -1"),
+    ("run.keep_checkpoints=-1", "recipe.run.keep_checkpoints: must be >= 0, got -1"),
     ("run.eval_every=-1", "recipe.run.eval_every: must be >= 0, got -1"),
 ])
 def test_bad_run_settings_are_refused_before_anything_runs(tmp_path: Path, item: str, expected: str) -> None:

@@ -156,6 +156,9 @@ def sample(run_dir: Path, num: int, out: Path | None, grid: Path | None, seed: i
 
     if out is None and export is None:
         raise click.UsageError("give --out FILE.npz (samples), --export FILE.pt, or both")
+    if out is not None and out.suffix != ".npz":
+        raise click.BadParameter(f"{out} does not end in .npz; the samples are written as an .npz file "
+                                 f"(e.g. --out {out.with_suffix('.npz')})", param_hint="--out")
     if export is not None:
         export_run(run_dir, export)
         click.echo(f"exported {run_dir} to {export}")

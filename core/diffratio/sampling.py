@@ -19,6 +19,7 @@ import torch
 from diffratio import checkpoint as ckpt
 from diffratio.errors import DiffRatioError
 from diffratio.inference import EXPORT_FORMAT, Loaded, export_sampler, load_sampler
+from diffratio.longjob import progress
 from diffratio.registry import Registry
 from diffratio.verifier import Select, run_verifier, sample_with_verifier, verifier_sigma_of
 from diffratio.visualize import image_grid, save_png, scatter_image
@@ -59,7 +60,12 @@ def draw(run: Loaded, num: int, *, seed: int = 0, batch: int = 500, candidates: 
         raise DiffRatioError(f"candidates must be >= 1, got {candidates}")
     torch.manual_seed(seed)
     if candidates == 1:
-        chunks = [run.sampler.sample(min(batch, num - i)).float().cpu() for i in range(0, num, batch)]
+        chunks = []
+        with progress(num, "sampling", enabled=num > batch) as bar:
+            for i in range(0, num, batch):
+                chunks.append(run.sampler.sample(min(batch, num - i)).float().cpu())
+                if bar is not None:
+                    bar.update(len(chunks[-1]))
         return torch.cat(chunks), {}
     ctx = run.ctx
     generate, log_ratio = run_verifier(run.sampler, ctx.strategy.autocast)
@@ -69,15 +75,18 @@ def draw(run: Loaded, num: int, *, seed: int = 0, batch: int = 500, candidates: 
     rng = torch.Generator().manual_seed(seed)
     per = max(1, batch // candidates)
     samples, diag = [], {"log_weights": [], "chosen": [], "ess": []}
-    for i in range(0, num, per):
-        n = min(per, num - i)
-        out = sample_with_verifier(generate, log_ratio, num=n, candidates=candidates, latent_shape=latent_shape,
-                                   select=select, sigma_v=sigma_v, labels=_labels(ctx.num_labels, n, ctx.device),
-                                   rng=rng, device=ctx.device, max_batch=batch)
-        samples.append(out.samples.float().cpu())
-        diag["log_weights"].append(out.log_weights)
-        diag["chosen"].append(out.chosen)
-        diag["ess"].append(out.ess)
+    with progress(num, f"sampling ({candidates} candidates each)", enabled=num > per) as bar:
+        for i in range(0, num, per):
+            n = min(per, num - i)
+            out = sample_with_verifier(generate, log_ratio, num=n, candidates=candidates, latent_shape=latent_shape,
+                                       select=select, sigma_v=sigma_v, labels=_labels(ctx.num_labels, n, ctx.device),
+                                       rng=rng, device=ctx.device, max_batch=batch)
+            samples.append(out.samples.float().cpu())
+            diag["log_weights"].append(out.log_weights)
+            diag["chosen"].append(out.chosen)
+            diag["ess"].append(out.ess)
+            if bar is not None:
+                bar.update(n)
     return torch.cat(samples), {k: torch.cat(v).numpy() for k, v in diag.items()}
 
 
