@@ -30,7 +30,8 @@ class RunSettings:
     """The ``[run]`` table: length, batch, seed and the intervals of a run."""
 
     name: str = setting("run", "run directory name under runs/ unless --run-dir is given")
-    steps: int = setting(1000, "loop steps; for diffratio / vsd the first warm-up steps update only the auxiliary network", ge=1)
+    steps: int = setting(1000, "loop steps; for diffratio / vsd the first warm-up steps update only the "
+                               "auxiliary network", ge=1)
     batch_size: int = setting(256, "samples per step (generated and real each, on each rank)", ge=1)
     seed: int = setting(0, "seeds model initialisation, noise and data order", ge=0)
     log_every: int = setting(100, "steps between scalar logs and progress updates", ge=1)
