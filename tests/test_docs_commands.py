@@ -46,7 +46,7 @@ EXAMPLE = "examples/diffratio-hellinger"
 APPENDED: dict[str, tuple[str, str]] = {
     "dr-train recipes/toy2d.toml": (
         "--set run.steps=100",
-        "the full 2000 steps take minutes; 100 steps exercise the same run (checkpoint, evaluation, "
+        "the full 2100 steps take minutes; 100 steps exercise the same run (checkpoint, evaluation, "
         "sample picture at the last step) in seconds"),
 }
 

@@ -195,7 +195,7 @@ def test_mlp_input_features_must_be_even() -> None:
 
 def test_setting_the_run_name_keeps_the_run_table() -> None:
     r = load_recipe(TOY, ["run.name=x"], registry=REG)
-    assert (r.settings.name, r.settings.steps, r.settings.batch_size) == ("x", 2000, 1024)  # the recipe's values
+    assert (r.settings.name, r.settings.steps, r.settings.batch_size) == ("x", 2100, 1024)  # the recipe's values
 
 
 @pytest.mark.parametrize("order", [("dataset.std=0.3", "dataset.name=grid"), ("dataset.name=grid", "dataset.std=0.3")])
