@@ -376,6 +376,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def write(path: Path, table: str) -> None:
+    """``table`` into the markdown file ``path`` (its folder made if needed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(table + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
@@ -388,13 +394,14 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(r := measure(stage, mode == "compiled", args, registry, init, images, Path(tmp)))
             print(stage, mode, f"plain / framework images/s: {r['plain_ips']:.1f} / {r['framework_ips']:.1f}",
                   file=sys.stderr)
+            if args.out is not None:  # the rows so far, so that a run stopped early keeps what it measured
+                write(args.out, render(rows, args))
             torch._dynamo.reset()  # this pair's compiled graphs go with its networks
             settled(device)
             torch.cuda.empty_cache()
     table = render(rows, args)
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(table + "\n")
+        write(args.out, table)
     print(table)
     return 0
 

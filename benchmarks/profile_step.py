@@ -36,6 +36,11 @@ WAITS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize
 LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx", "cudaGraphLaunch")
 
 
+class WindowDone(Exception):  # noqa: N818 - a signal to end the run, not an error
+    """Raised in place of the step after the profiled window: the run ends there, without its final
+    checkpoint, samples or evaluation (minutes for a large model, and nothing the profile needs)."""
+
+
 class StepProfiler:
     """A plugin that wraps the method's ``train_step`` to profile loop steps ``warmup .. warmup + steps``."""
 
@@ -67,6 +72,8 @@ class StepProfiler:
 
         def train_step(step: int) -> Any:
             self._boundary()
+            if self.calls == self.warmup + self.steps:
+                raise WindowDone
             self.calls += 1
             return inner(step)
 
@@ -114,7 +121,10 @@ def profile_recipe(recipe_path: str, sets: list[str], warmup: int, steps: int, t
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         prof = StepProfiler(warmup, steps, device)
         registry.register(prof, Provider("profile_step", "benchmark", "-"))
-        training_loop(recipe, Path(tmp) / "run", registry, progress=False)
+        try:
+            training_loop(recipe, Path(tmp) / "run", registry, progress=False)
+        except WindowDone:
+            pass
     if trace and prof.prof is not None:
         prof.prof.export_chrome_trace(trace)
     s = summarize(prof)
