@@ -155,18 +155,23 @@ def test_posterior_sampling_uses_std_and_can_be_switched_off(tmp_path: Path) -> 
     assert torch.equal(latents(path, scaling="none").reference(6), latents(path, scaling="none").reference(6))
 
 
-def test_zip_of_shards_and_nested_folders(tmp_path: Path) -> None:
-    folder = shards(tmp_path / "s" / "nested", count=2)
-    with zipfile.ZipFile(tmp_path / "all.zip", "w") as z:
-        for p in sorted(folder.glob("*.npy")):
-            z.write(p, f"inner/{p.name}")
-    a, b = latents(tmp_path / "s", use_labels=True), latents(tmp_path / "all.zip", use_labels=True)
+def assert_same_batch(a, b) -> None:  # noqa: ANN001 - two latent data sets
+    """The same indices under the same seed give the same latents and labels from both."""
     idx = torch.tensor([0, 11, 5])
     torch.manual_seed(1)
     xa = a.get(idx)
     torch.manual_seed(1)
     xb = b.get(idx)
     assert torch.equal(xa[0], xb[0]) and torch.equal(xa[1], xb[1])
+
+
+def test_zip_of_shards_and_nested_folders(tmp_path: Path) -> None:
+    folder = shards(tmp_path / "s" / "nested", count=2)
+    with zipfile.ZipFile(tmp_path / "all.zip", "w") as z:
+        for p in sorted(folder.glob("*.npy")):
+            z.write(p, f"inner/{p.name}")
+    a, b = latents(tmp_path / "s", use_labels=True), latents(tmp_path / "all.zip", use_labels=True)
+    assert_same_batch(a, b)
 
 
 def test_max_items_is_a_fixed_subset(tmp_path: Path) -> None:
@@ -278,12 +283,7 @@ def test_npz_shards_convert_to_the_same_data(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "out" / "sub").iterdir())[:2] == ["part-0.labels.npy",
                                                                                  "part-0.latents.npy"]
     a, b = latents(folder, use_labels=True), latents(tmp_path / "out", use_labels=True, storage="mmap")
-    idx = torch.tensor([0, 11, 5])
-    torch.manual_seed(1)
-    xa = a.get(idx)
-    torch.manual_seed(1)
-    xb = b.get(idx)
-    assert torch.equal(xa[0], xb[0]) and torch.equal(xa[1], xb[1])
+    assert_same_batch(a, b)
     res = CliRunner().invoke(shards_mod.main, [str(tmp_path / "npy"), str(tmp_path / "o2")])
     assert res.exit_code == 2 and "no .npz shards found" in res.output
 
