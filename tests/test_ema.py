@@ -41,3 +41,13 @@ def test_device_path_matches_lerp_on_the_gpu() -> None:
     _lerp_by_tensor(ema, src, torch.tensor(0.01, device="cuda"))
     for a, b in zip(ema, ref, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_a_narrower_source_is_cast_into_the_fp32_ema() -> None:
+    torch.manual_seed(0)
+    model, ema = nn.Linear(4, 3).to(torch.bfloat16), nn.Linear(4, 3)
+    before = [p.detach().clone() for p in ema.parameters()]
+    update_ema(ema, model, 0.9, step=100, warmup="none", applied=True)
+    for p, b, m in zip(ema.parameters(), before, model.parameters(), strict=True):
+        assert p.dtype == torch.float32
+        torch.testing.assert_close(p.detach(), torch.lerp(b, m.detach().float(), 0.1), rtol=0, atol=1e-7)

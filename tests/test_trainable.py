@@ -260,3 +260,22 @@ def test_device_rule(monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_device("cuda:1") == torch.device("cuda", 1)
     with pytest.raises(DiffRatioError, match="LOCAL_RANK 2 but only 2 GPU"):
         resolve_device("auto", local_rank=2)
+
+
+def test_total_norm_is_torchs_without_a_move_per_gradient(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    grads = [torch.randn(7, 3) for _ in range(40)] + [torch.tensor([float("inf")])]
+    expected = [torch.nn.utils.get_total_norm(grads[:40], foreach=True),
+                torch.nn.utils.get_total_norm(grads, foreach=True)]
+    mixed = [*grads[:40], torch.randn(3, dtype=torch.float64)]
+    expected_mixed = torch.nn.utils.get_total_norm(mixed, foreach=True)
+
+    def refuse(*_: object, **__: object) -> None:
+        raise AssertionError("a gradient was moved or cast one tensor at a time")
+
+    with monkeypatch.context() as m:
+        m.setattr(torch.Tensor, "to", refuse)
+        got = [single.total_norm(grads[:40]), single.total_norm(grads)]
+    assert torch.equal(got[0], expected[0]) and got[0].dtype == expected[0].dtype
+    assert torch.isinf(got[1]) and torch.isinf(expected[1])
+    assert torch.equal(single.total_norm(mixed), expected_mixed)  # mixed dtypes: torch's own

@@ -63,8 +63,9 @@ def update_ema(ema: nn.Module, module: nn.Module, decay: float, step: int, warmu
         return
     with full_parameters(module):  # gathered where DeepSpeed ZeRO-3 partitions them
         ema_p = list(ema.parameters())
-        # .to is a no-op (no copy) where the dtypes already match
-        src_p = [p.detach().to(e.dtype) for p, e in zip(module.parameters(), ema_p, strict=True)]
+        # under no_grad the parameters themselves are the sources; a cast only where the dtypes differ (each
+        # call is one dispatch per tensor, which an eager step bound by the host pays for)
+        src_p = [p if p.dtype == e.dtype else p.to(e.dtype) for p, e in zip(module.parameters(), ema_p, strict=True)]
         if isinstance(applied, Tensor):
             weight = applied.to(device=ema_p[0].device, dtype=ema_p[0].dtype) * (1.0 - d)
             _lerp_by_tensor(ema_p, src_p, weight)

@@ -25,6 +25,16 @@ from diffratio_builtins.strategies.common import (
 )
 
 
+def total_norm(grads: list[Tensor]) -> Tensor:
+    """The 2-norm of ``grads`` taken as one vector, as ``torch.nn.utils.get_total_norm`` gives it for
+    tensors of one device and dtype, without its per-tensor move to the first device: that is one dispatch
+    per gradient, which an eager step bound by the host pays for. Mixed dtypes go to torch's own."""
+    dtype = grads[0].dtype
+    if any(g.dtype != dtype for g in grads):
+        return torch.nn.utils.get_total_norm(grads, foreach=True)
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+
+
 class LocalTrainable(Trainable):
     """A module on one device with its fused Adam; optional gradient clipping; non-finite steps skipped.
 
@@ -65,7 +75,7 @@ class LocalTrainable(Trainable):
         """Clip and update unless a loss or a gradient is not finite; ``grad_norm`` is the norm before clipping
         (not finite when the step was skipped for its gradients)."""
         grads = [p.grad for p in self.params if p.grad is not None]
-        norm = torch.nn.utils.get_total_norm(grads, foreach=True) if grads else self._zero
+        norm = total_norm(grads) if grads else self._zero
         if self._losses:
             ok = torch.isfinite(torch.cat([norm.reshape(1), *self._losses])).all()
             self._losses = []
