@@ -260,6 +260,18 @@ def window(step: Callable[[], Any], steps: int, device: torch.device) -> tuple[f
     return seconds, (torch.cuda.max_memory_allocated(device) - start if cuda else 0)
 
 
+def host_ops(step: Callable[[], Any], steps: int = 2) -> float:
+    """Operations the host dispatches per step: ``aten::`` calls under the profiler that no other ``aten::``
+    call made. Each costs the host microseconds whatever its kernel takes, so an eager step bound by the
+    host pays for every one."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    top = [e for e in prof.events() if e.name.startswith("aten::")
+           and not (e.cpu_parent is not None and e.cpu_parent.name.startswith("aten::"))]
+    return len(top) / steps
+
+
 def measure(stage: str, compiled: bool, args: argparse.Namespace, registry: Registry, init: dict[str, Tensor],
             images: Tensor, tmp: Path) -> dict[str, Any]:
     """Both sides of one stage and mode: median images/s and peak memory of each."""
@@ -288,6 +300,7 @@ def measure(stage: str, compiled: bool, args: argparse.Namespace, registry: Regi
             side["transient"] = max(side["transient"], transient)
     mem = {f"{name}_mem": side["held"] + side["transient"] if device.type == "cuda" else None
            for name, side in sides.items()}
+    mem |= {f"{name}_ops": host_ops(side["step"]) for name, side in sides.items()}
     return {"stage": stage, "mode": "compiled" if compiled else "eager", "batch": plain.batch, **mem,
             **{f"{name}_ips": statistics.median(side["rates"]) for name, side in sides.items()}}
 
@@ -330,13 +343,15 @@ def render(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         "(generated images for diffratio and vsd); framework = `method.train_step` alone",
     ] + (["- compiled on CPU: the plain loop compiles, the framework's strategies on GPU only"]
          if cpu and "compiled" in args.modes else [])
+    lines += ["- host operations: `aten::` calls the host dispatches per step (profiled, 2 steps; not timed)"]
     lines += ["", "| stage | mode | batch | plain images/s | framework images/s | framework/plain | plain peak memory "
-              "| framework peak memory | memory framework/plain |", "|---|---|---|---|---|---|---|---|---|"]
+              "| framework peak memory | memory framework/plain | plain host operations | framework host operations |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         mem = f"{r['framework_mem'] / r['plain_mem']:.3f}" if r["plain_mem"] else "n/a"
         lines.append(f"| {r['stage']} | {r['mode']} | {r['batch']} | {r['plain_ips']:,.1f} | {r['framework_ips']:,.1f} "
                      f"| {r['framework_ips'] / r['plain_ips']:.3f} | {gib(r['plain_mem'])} "
-                     f"| {gib(r['framework_mem'])} | {mem} |")
+                     f"| {gib(r['framework_mem'])} | {mem} | {r['plain_ops']:,.0f} | {r['framework_ops']:,.0f} |")
     worst = min(r["framework_ips"] / r["plain_ips"] for r in rows)
     return "\n".join([*lines, "", f"overhead: min framework/plain ratio = {worst:.2f}"])
 
