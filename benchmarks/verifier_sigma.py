@@ -21,6 +21,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -96,8 +97,54 @@ def run_setting(path: str, args: argparse.Namespace) -> None:
         x, diag = draw(run, num, seed=seed, candidates=n, select=select, verifier_sigma=sv)  # type: ignore[arg-type]
         return x, float(diag["ess"].mean()) if diag else 1.0
 
+    floor = energy_distance(ref[args.num:], ref[: args.num])
     table(f"Trained run {path} (step {run.step}): its generator EMA and ratio estimator", [sampler],
-          ref[: args.num], energy_distance(ref[args.num:], ref[: args.num]), mixture.means, args)
+          ref[: args.num], floor, mixture.means, args)
+    if args.online:  # the generator the estimator was trained against (the EMA lags it)
+        online_generator(run, path)
+        table(f"Trained run {path} (step {run.step}): its online generator and ratio estimator", [sampler],
+              ref[: args.num], floor, mixture.means, args)
+    if args.refit:  # the EMA generator again, with an estimator trained on further against its samples
+        run = load_sampler(path)
+        refit_ratio(run, mixture, args.refit)
+        table(f"Trained run {path} (step {run.step}): its generator EMA, the ratio estimator refitted to it for "
+              f"{args.refit} steps", [sampler], ref[: args.num], floor, mixture.means, args)
+
+
+def refit_ratio(run: Any, mixture: GaussianMixture, steps: int, seed: int = 0) -> None:
+    """Train ``run``'s ratio estimator on, in place, for ``steps`` steps of its recipe's ratio loss against the
+    samples it will score: the EMA generator's (class 1) against fresh data (class 0), with the recipe's
+    batch, sigma distribution and ratio optimiser. The estimator then models ``log q_ema / p``."""
+    cfg, ratio, generate = run.config, run.sampler.ratio, run.sampler.generator
+    sched, opt = cfg["schedule"], cfg["method"]["ratio_optimizer"]
+    b, g = cfg["run"]["batch_size"], torch.Generator().manual_seed(seed)
+    ratio.train().requires_grad_(True)
+    adam = torch.optim.Adam(ratio.parameters(), lr=opt["lr"], betas=tuple(opt["betas"]), eps=opt["eps"])
+    for _ in range(steps):
+        with torch.no_grad():
+            x = torch.cat([generate(torch.randn(b, 2, generator=g), None), mixture.sample(b, g).float()])
+        sigma = torch.exp(sched["p_mean"] + sched["p_std"] * torch.randn(2 * b, generator=g))
+        sigma = sigma.clamp(sched["sigma_min"], sched["sigma_max"])
+        f = ratio(x + sigma[:, None] * torch.randn(2 * b, 2, generator=g), sigma, None)
+        loss = ratio_loss(f[:b], f[b:])
+        adam.zero_grad()
+        loss.backward()
+        adam.step()
+    ratio.eval().requires_grad_(False)
+
+
+def online_generator(run: Any, path: str) -> None:
+    """Put the online generator weights of ``run``'s checkpoint in place of the EMA that ``dr-sample`` draws
+    from: the ratio estimator learned ``log q / p`` of the online generator's samples, not the EMA's."""
+    from diffratio import checkpoint as ckpt
+
+    found = ckpt.resolve_checkpoint(path)
+    if found.is_file():
+        raise SystemExit(f"{path}: --online needs a run directory (an export holds the EMA generator only)")
+    state = ckpt.load_state(found)
+    if state["step"] != run.step:
+        raise SystemExit(f"{path}: the latest checkpoint changed while the benchmark ran; run it again")
+    run.sampler.generator.load_state_dict(state["method"]["generator"]["model"])
 
 
 def train_classifier(p: GaussianMixture, q_std: float, steps: int, seed: int) -> LogRatio:
@@ -172,6 +219,9 @@ def main() -> None:
     ap.add_argument("--ratio-steps", type=int, default=1000, help="training steps of the analytic classifier")
     ap.add_argument("--ratio-seeds", default="0,1,2", help="training seeds of the analytic classifiers")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--online", action="store_true", help="also each run's online generator (not its EMA)")
+    ap.add_argument("--refit", type=int, default=0, metavar="STEPS",
+                    help="also the EMA generator with its ratio estimator trained STEPS more steps against it")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
