@@ -590,3 +590,23 @@ def test_bf16_weights_dit_residual_stream_is_bf16() -> None:
         out = net(torch.randn(2, 4, 8, 8), torch.randn(2))
         assert out.dtype == torch.float32 and out.shape == (2, 4, 8, 8)
     assert seen == [torch.bfloat16, torch.float32]
+
+
+def test_deepspeed_steps_do_not_synchronise_the_device(deepspeed_installed: None, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """DeepSpeed's throughput timer is off: on by default, it synchronises the device at every forward and
+    step of every engine, a host wait each that the loop's own images/s do not need."""
+    from deepspeed.accelerator import get_accelerator
+
+    from diffratio.engine import build_run
+
+    registry = default_registry()
+    recipe = load_recipe(RECIPES / "toy2d.toml", [*COMMON, "strategy.name=deepspeed", "strategy.zero_stage=2",
+                                                  "method.warmup_ratio_steps=0"], registry=registry)
+    method = build_run(recipe, tmp_path / "run", registry).method
+    method.train_step(0)
+    calls: list[str] = []
+    monkeypatch.setattr(type(get_accelerator()), "synchronize", lambda *_, **__: calls.append("synchronize"))
+    for step in (1, 2):
+        method.train_step(step)
+    assert calls == []
