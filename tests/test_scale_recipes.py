@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -23,18 +24,36 @@ from diffratio.registry import default_registry
 from conftest import RECIPES, ROOT, run_cli, sets
 
 REGISTRY = default_registry()
+BENCHMARKS = ROOT / "benchmarks"
 SCALE = ["cifar10", "cifar10-pretrain", "imagenet64", "imagenet64-pretrain", "imagenet512", "imagenet512-pretrain"]
 #: the data path each recipe names, which the user supplies
-DATA = {"cifar10": "datasets/cifar10-32x32.zip", "imagenet64": "datasets/imagenet-64x64.npz",
-        "imagenet512": "datasets/imagenet512-sd-latents"}
+DATA = {
+    "cifar10": "datasets/cifar10-32x32.zip",
+    "imagenet64": "datasets/imagenet-64x64.npz",
+    "imagenet512": "datasets/imagenet512-sd-latents",
+}
 #: what a CPU test sets where a recipe names a strategy this machine may lack (the dry run resolves it as is)
 ON_CPU = ["--set", "strategy.name=single"]
 #: shrink recipes/imagenet512.toml to a run of seconds on random latents
-TINY_512 = ["dataset.name=synthetic-latents", "dataset.shape=[4, 8, 8]", "dataset.num_labels=4", "dataset.num_items=16",
-            "backbone.depth=2", "backbone.hidden=32", "backbone.heads=2", "run.batch_size=4", "run.steps=2",
-            "run.log_every=1", "run.checkpoint_every=2", "run.sample_every=0", "method.init=\"\"",
-            "method.warmup_ratio_steps=1", "run.min_free_disk_gb=0.01", "strategy.name=single",
-            "loggers.tensorboard=false"]
+TINY_512 = [
+    "dataset.name=synthetic-latents",
+    "dataset.shape=[4, 8, 8]",
+    "dataset.num_labels=4",
+    "dataset.num_items=16",
+    "backbone.depth=2",
+    "backbone.hidden=32",
+    "backbone.heads=2",
+    "run.batch_size=4",
+    "run.steps=2",
+    "run.log_every=1",
+    "run.checkpoint_every=2",
+    "run.sample_every=0",
+    'method.init=""',
+    "method.warmup_ratio_steps=1",
+    "run.min_free_disk_gb=0.01",
+    "strategy.name=single",
+    "loggers.tensorboard=false",
+]
 
 
 def registered(kind: str, name: str) -> bool:
@@ -95,8 +114,7 @@ def test_imagenet512_dry_run_from_the_command_line(pretraining_runs: Path) -> No
     """The ImageNet-512 command as a user types it (with the deepspeed strategy when it is registered), after
     its pretraining."""
     extra = [] if registered("strategy", "deepspeed") else ON_CPU
-    res = run_cli("dr-train", str(RECIPES / "imagenet512.toml"), "--dry-run", *extra, timeout=120,
-                  cwd=pretraining_runs)
+    res = run_cli("dr-train", str(RECIPES / "imagenet512.toml"), "--dry-run", *extra, timeout=120, cwd=pretraining_runs)
     assert res.returncode == 0, res.stderr
     config = json.loads(res.stdout)["config"]
     assert config["dataset"]["name"] == "latents" and config["dataset"]["path"] == DATA["imagenet512"]
@@ -105,17 +123,29 @@ def test_imagenet512_dry_run_from_the_command_line(pretraining_runs: Path) -> No
         assert config["strategy"] == {**config["strategy"], "name": "deepspeed", "zero_stage": 2, "precision": "bf16"}
 
 
-@pytest.mark.parametrize(("value", "match"), [
-    (None, r"datasets/imagenet512-sd-latents \(dataset\.path\) does not exist\. To prepare them from images with "
-           r"`python -m diffratio_builtins\.vae encode"),
-    ('""', r"dataset\.path is not set: give the latent shards of your data\. To prepare them .*vae encode"),
-], ids=["placeholder", "empty"])
-def test_imagenet512_without_data_says_how_to_prepare_latents(value: str | None, match: str,
-                                                              pretraining_runs: Path) -> None:
+@pytest.mark.parametrize(
+    ("value", "match"),
+    [
+        (
+            None,
+            r"datasets/imagenet512-sd-latents \(dataset\.path\) does not exist\. To prepare them from images with "
+            r"`python -m diffratio_builtins\.vae encode",
+        ),
+        ('""', r"dataset\.path is not set: give the latent shards of your data\. To prepare them .*vae encode"),
+    ],
+    ids=["placeholder", "empty"],
+)
+def test_imagenet512_without_data_says_how_to_prepare_latents(
+    value: str | None, match: str, pretraining_runs: Path
+) -> None:
     import re
 
-    args = [str(RECIPES / "imagenet512.toml"), "--run-dir", str(pretraining_runs / "run"),
-            *sets("strategy.name=single", "run.min_free_disk_gb=0.01", "loggers.tensorboard=false")]
+    args = [
+        str(RECIPES / "imagenet512.toml"),
+        "--run-dir",
+        str(pretraining_runs / "run"),
+        *sets("strategy.name=single", "run.min_free_disk_gb=0.01", "loggers.tensorboard=false"),
+    ]
     if value is not None:
         args += ["--set", f"dataset.path={value}"]
     res = CliRunner().invoke(train, args)
@@ -124,17 +154,24 @@ def test_imagenet512_without_data_says_how_to_prepare_latents(value: str | None,
 
 
 def test_imagenet512_trains_on_synthetic_latents_with_a_tiny_override(tmp_path: Path) -> None:
-    res = CliRunner().invoke(train, [str(RECIPES / "imagenet512.toml"), "--run-dir", str(tmp_path / "run"),
-                                     "--no-progress", *sets(*TINY_512)])
+    res = CliRunner().invoke(
+        train,
+        [str(RECIPES / "imagenet512.toml"), "--run-dir", str(tmp_path / "run"), "--no-progress", *sets(*TINY_512)],
+    )
     assert res.exit_code == 0, res.output
     info = json.loads((tmp_path / "run" / "run.json").read_text())
     assert info["config"]["dataset"]["name"] == "synthetic-latents" and info["config"]["dataset"]["shape"] == [4, 8, 8]
     assert (tmp_path / "run" / "checkpoints" / "latest").exists()
 
 
-@pytest.mark.parametrize(("recipe", "full", "encoder"), [
-    ("cifar10", 55.7, 22.5), ("imagenet64", 270.3, 111.2), ("imagenet512", 674.8, 337.5),
-])
+@pytest.mark.parametrize(
+    ("recipe", "full", "encoder"),
+    [
+        ("cifar10", 55.7, 22.5),
+        ("imagenet64", 270.3, 111.2),
+        ("imagenet512", 674.8, 337.5),
+    ],
+)
 def test_network_sizes_match_the_recipe_comments(recipe: str, full: float, encoder: float) -> None:
     """Built on the meta device from the resolved recipe: no memory, no time; the data set is not read."""
     resolved = load_recipe(RECIPES / f"{recipe}.toml", ["strategy.name=single"], registry=REGISTRY)
@@ -144,8 +181,10 @@ def test_network_sizes_match_the_recipe_comments(recipe: str, full: float, encod
     with torch.device("meta"):
         nets = [backbone.cls(backbone.config, data_shape=shape, num_labels=labels, mode=m) for m in ("full", "encoder")]
     assert [round(count_parameters(n) / 1e6, 1) for n in nets] == [full, encoder]
-    assert f"{full:.1f}M" in (RECIPES / f"{recipe}.toml").read_text() or f"{round(full)}M" in (
-        RECIPES / f"{recipe}.toml").read_text()
+    assert (
+        f"{full:.1f}M" in (RECIPES / f"{recipe}.toml").read_text()
+        or f"{round(full)}M" in (RECIPES / f"{recipe}.toml").read_text()
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -153,22 +192,42 @@ def test_network_sizes_match_the_recipe_comments(recipe: str, full: float, encod
 # --------------------------------------------------------------------------------------------------
 
 
-def throughput_module() -> Any:
-    spec = importlib.util.spec_from_file_location("throughput", ROOT / "benchmarks" / "throughput.py")
+def throughput_module(name: str = "throughput") -> Any:
+    """``benchmarks/NAME.py`` loaded from its file: ``throughput`` (command line and table) or one of the modules
+    it imports (``throughput_measure``, ``throughput_flops``, ``throughput_profile``). benchmarks/ goes on
+    sys.path, as running the script puts it there, so those sibling imports resolve."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.append(str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 TINY_BENCH = [a for s in TINY_512 if not s.startswith(("run.", "method.", "loggers.")) for a in ("--set", s)] + [
-    "--set", "run.batch_size=4"]
+    "--set",
+    "run.batch_size=4",
+]
 
 
 def test_throughput_table_on_cpu(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     tp = throughput_module()
     out = tmp_path / "table.md"
-    code = tp.main([str(RECIPES / "imagenet512.toml"), "--steps", "2", "--warmup", "1", "--no-isolate", *TINY_BENCH,
-                    "--variant", "sdpa: backbone.attention=sdpa", "--out", str(out)])
+    code = tp.main(
+        [
+            str(RECIPES / "imagenet512.toml"),
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--no-isolate",
+            *TINY_BENCH,
+            "--variant",
+            "sdpa: backbone.attention=sdpa",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     text = out.read_text()
     assert text in capsys.readouterr().out
@@ -191,15 +250,30 @@ def test_throughput_row_in_a_child_process_writes_json(tmp_path: Path) -> None:
     tp = throughput_module()
     out = tmp_path / "row.json"
     row = {"method": "vsd", "sets": [s for s in TINY_BENCH if s != "--set"]}
-    assert tp.main([str(RECIPES / "imagenet512.toml"), "--steps", "1", "--warmup", "0", "--row", json.dumps(row),
-                    "--row-out", str(out)]) == 0
+    assert (
+        tp.main(
+            [
+                str(RECIPES / "imagenet512.toml"),
+                "--steps",
+                "1",
+                "--warmup",
+                "0",
+                "--row",
+                json.dumps(row),
+                "--row-out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     data = json.loads(out.read_text())
     assert data["method"] == "vsd" and data["batch"] == 4 and data["flops_per_step"] > 0
     assert data["strategy"]["name"] == "single"
 
 
-def test_throughput_counts_flops_after_the_timed_and_profiled_steps(monkeypatch: pytest.MonkeyPatch,
-                                                                    tmp_path: Path) -> None:
+def test_throughput_counts_flops_after_the_timed_and_profiled_steps(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     """The FLOP counter's step comes last: under it, torch.compile'd code falls back to eager for the rest of
     the process (checked below with a counting backend), so a count before the timed steps would time
     compiled rows as eager ones."""
@@ -212,6 +286,7 @@ def test_throughput_counts_flops_after_the_timed_and_profiled_steps(monkeypatch:
             nonlocal calls
             calls += 1
             return gm.forward(*args)
+
         return run
 
     class Net(torch.nn.Module):  # user code: dynamo does not trace torch.nn's own modules
@@ -230,9 +305,11 @@ def test_throughput_counts_flops_after_the_timed_and_profiled_steps(monkeypatch:
         net(x)
     before = calls
     net(x)
-    assert before == 1 and calls == before, "torch now keeps compiled code after a FLOP count: see throughput.py"
+    assert before == 1 and calls == before, (
+        "torch now keeps compiled code after a FLOP count: see throughput_measure.py"
+    )
 
-    tp = throughput_module()
+    tp = throughput_module("throughput_measure")
     steps_before_count: list[int] = []
     real_count = tp.count_flops
 
@@ -267,8 +344,16 @@ def test_throughput_counts_flops_after_the_timed_and_profiled_steps(monkeypatch:
         return run
 
     monkeypatch.setattr(tp, "build_run", build_counting)
-    row = tp.measure(str(RECIPES / "imagenet512.toml"), sets_, "diffratio", steps=2, warmup=1, peak_override=None,
-                     profile_out=tmp_path / "profile.md", profile_n=1)
+    row = tp.measure(
+        str(RECIPES / "imagenet512.toml"),
+        sets_,
+        "diffratio",
+        steps=2,
+        warmup=1,
+        peak_override=None,
+        profile_out=tmp_path / "profile.md",
+        profile_n=1,
+    )
     # 1 warm-up + 2 timed + 1 profiled step before the count; the peak memory is of the timed steps: read
     # after them, before the profiled step and the count's eager step
     assert steps_before_count == [4] and row["flops_per_step"] > 0 and (tmp_path / "profile.md").exists()
@@ -278,36 +363,61 @@ def test_throughput_counts_flops_after_the_timed_and_profiled_steps(monkeypatch:
 def test_throughput_mfu_counts_model_flops_without_the_recomputation() -> None:
     """With ``backbone.activation_checkpointing`` the step recomputes every block in its backward pass; the FLOP
     count (MFU's numerator) is the model's, as without checkpointing; the setting is back on after the count."""
-    tp = throughput_module()
+    tp = throughput_module("throughput_measure")
     sets_ = [s for s in TINY_BENCH if s != "--set"]
-    rows = [tp.measure(str(RECIPES / "imagenet512.toml"), [*sets_, f"backbone.activation_checkpointing={flag}"],
-                       "diffratio", steps=1, warmup=1, peak_override=None) for flag in ("false", "true")]
+    rows = [
+        tp.measure(
+            str(RECIPES / "imagenet512.toml"),
+            [*sets_, f"backbone.activation_checkpointing={flag}"],
+            "diffratio",
+            steps=1,
+            warmup=1,
+            peak_override=None,
+        )
+        for flag in ("false", "true")
+    ]
     assert rows[0]["flops_per_step"] > 0 and rows[1]["flops_per_step"] == rows[0]["flops_per_step"]
     from diffratio_builtins.backbones import dit
 
-    net = dit.DiTBackbone(dit.DiTBackbone.Config(depth=2, hidden=32, heads=2, activation_checkpointing=True),
-                          data_shape=(4, 8, 8))
+    net = dit.DiTBackbone(
+        dit.DiTBackbone.Config(depth=2, hidden=32, heads=2, activation_checkpointing=True), data_shape=(4, 8, 8)
+    )
     holder = SimpleNamespace(net=torch.nn.Sequential(net))
-    with tp.without_recompute(holder):
+    with throughput_module("throughput_flops").without_recompute(holder):
         assert not net.checkpoint_blocks
     assert net.checkpoint_blocks
 
 
 def test_throughput_maps_the_method_table() -> None:
-    tp = throughput_module()
-    source = {"name": "diffratio", "init": "runs/x", "ratio_steps": 2, "warmup_ratio_steps": 500, "ema_decay": 0.99,
-              "generator_optimizer": {"lr": 1e-5}, "ratio_optimizer": {"lr": 2e-5}}
+    tp = throughput_module("throughput_measure")
+    source = {
+        "name": "diffratio",
+        "init": "runs/x",
+        "ratio_steps": 2,
+        "warmup_ratio_steps": 500,
+        "ema_decay": 0.99,
+        "generator_optimizer": {"lr": 1e-5},
+        "ratio_optimizer": {"lr": 2e-5},
+    }
     assert tp.method_table(source, "vsd") == {
-        "name": "vsd", "init": "untrained-teacher.pt", "generator_optimizer": {"lr": 1e-5}, "ema_decay": 0.99,
-        "fake_optimizer": {"lr": 2e-5}, "fake_steps": 2, "warmup_fake_steps": 0}
+        "name": "vsd",
+        "init": "untrained-teacher.pt",
+        "generator_optimizer": {"lr": 1e-5},
+        "ema_decay": 0.99,
+        "fake_optimizer": {"lr": 2e-5},
+        "fake_steps": 2,
+        "warmup_fake_steps": 0,
+    }
     assert tp.method_table(source, "diffratio")["warmup_ratio_steps"] == 0
-    assert tp.parse_variant("zero3: strategy.zero_stage=3 run.batch_size=16") == (
-        "zero3", ["strategy.zero_stage=3", "run.batch_size=16"])
+    assert throughput_module().parse_variant("zero3: strategy.zero_stage=3 run.batch_size=16") == (
+        "zero3",
+        ["strategy.zero_stage=3", "run.batch_size=16"],
+    )
 
 
 def test_throughput_profile_breakdown() -> None:
     """Kernels are put in categories by name; shares are of the wall time and the idle rest is reported."""
-    tp = throughput_module()
+    tp = throughput_module("throughput_profile")
     assert tp.kernel_category("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n") == "matrix products"
     assert tp.kernel_category("nvjet_hsh_256x128_64x4_1x2_h_bz_coopA_NTT") == "matrix products"
     assert tp.kernel_category("pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits>") == "attention"
@@ -315,7 +425,8 @@ def test_throughput_profile_breakdown() -> None:
     assert tp.kernel_category("multi_tensor_apply_kernel<TensorListMetadata<4>, FusedAdamMathFunctor>") == "optimiser"
     assert tp.kernel_category("ncclDevKernel_ReduceScatter_Sum_bf16_RING_LL") == "communication"
     assert tp.kernel_category("void at::native::vectorized_elementwise_kernel<4, GeluCUDAKernelImpl>") == (
-        "other element-wise")
+        "other element-wise"
+    )
     text = tp.kernel_breakdown([("gemm_a", 600.0, 10), ("gemm_b", 200.0, 5), ("gelu_kernel", 100.0, 3)], 1000.0)
     rows = {ln.split("|")[1].strip(): ln for ln in text.splitlines() if ln.startswith("| ")}
     assert "| 0.8 | 80.0% | 15 |" in rows["matrix products"]
@@ -323,29 +434,40 @@ def test_throughput_profile_breakdown() -> None:
     assert "| 0.1 | 10.0% |" in rows["(GPU idle: no kernel running)"]
     assert text.index("gemm_a") < text.index("gemm_b") < text.index("gelu_kernel")  # top kernels by time
     # GPU-side annotations (ranges over kernels already listed) and CPU ops are not kernels
-    ev = [SimpleNamespace(key="gemm_a", device_type="cuda", self_device_time_total=5.0, count=2,
-                          is_user_annotation=False),
-          SimpleNamespace(key="Optimizer.step#Adam.step", device_type="cuda", self_device_time_total=9.0, count=1,
-                          is_user_annotation=True),
-          SimpleNamespace(key="aten::mm", device_type="cpu", self_device_time_total=0.0, count=2,
-                          is_user_annotation=False)]
+    ev = [
+        SimpleNamespace(
+            key="gemm_a", device_type="cuda", self_device_time_total=5.0, count=2, is_user_annotation=False
+        ),
+        SimpleNamespace(
+            key="Optimizer.step#Adam.step",
+            device_type="cuda",
+            self_device_time_total=9.0,
+            count=1,
+            is_user_annotation=True,
+        ),
+        SimpleNamespace(
+            key="aten::mm", device_type="cpu", self_device_time_total=0.0, count=2, is_user_annotation=False
+        ),
+    ]
     assert tp.kernels_of(ev, "cuda") == [("gemm_a", 5.0, 2)]
 
 
 def test_throughput_profile_traces_kernels_to_the_ops_that_launched_them() -> None:
     """Launch chains: the launching op, then its callers (autograd nodes without their prefix), innermost
     first; only kernels of the asked category count, summed per chain, the chain with most time first."""
-    tp = throughput_module()
+    tp = throughput_module("throughput_profile")
 
     def op(name: str, parent: object = None, kernels: tuple[tuple[str, float], ...] = ()) -> SimpleNamespace:
-        return SimpleNamespace(name=name, cpu_parent=parent,
-                               kernels=[SimpleNamespace(name=k, duration=t) for k, t in kernels])
+        return SimpleNamespace(
+            name=name, cpu_parent=parent, kernels=[SimpleNamespace(name=k, duration=t) for k, t in kernels]
+        )
 
     node = op("autograd::engine::evaluate_function: PermuteBackward0")
     contiguous = op("aten::contiguous", op("aten::reshape", op("DiTBlock._attend")))
     copy_kernel = "void at::native::elementwise_kernel<128, 4, at::native::direct_copy_kernel_cuda>"
     events = [
-        node, contiguous,
+        node,
+        contiguous,
         op("aten::copy_", op("aten::clone", node), ((copy_kernel, 40.0),)),
         op("aten::copy_", op("aten::clone", contiguous), ((copy_kernel, 10.0), (copy_kernel, 5.0))),
         op("aten::copy_", op("aten::clone", node), ((copy_kernel, 20.0),)),
@@ -353,11 +475,14 @@ def test_throughput_profile_traces_kernels_to_the_ops_that_launched_them() -> No
         op("aten::mm", None, (("nvjet_sm90_gemm", 99.0),)),
     ]
     chains = tp.launch_chains(events, "copies and casts")
-    assert chains == [("aten::copy_ < aten::clone < PermuteBackward0", 60.0, 2),
-                      ("aten::copy_ < aten::clone < aten::contiguous < aten::reshape", 15.0, 2)]
+    assert chains == [
+        ("aten::copy_ < aten::clone < PermuteBackward0", 60.0, 2),
+        ("aten::copy_ < aten::clone < aten::contiguous < aten::reshape", 15.0, 2),
+    ]
     assert tp.launch_chains(events, "other element-wise") == [("aten::add < PermuteBackward0", 7.0, 1)]
-    text = tp.kernel_breakdown([(copy_kernel, 75.0, 4)], 100.0, sources={"copies and casts": chains,
-                                                                         "other element-wise": []})
+    text = tp.kernel_breakdown(
+        [(copy_kernel, 75.0, 4)], 100.0, sources={"copies and casts": chains, "other element-wise": []}
+    )
     assert "Copies and casts: kernels by the operations that launched them" in text
     assert "| `aten::copy_ < aten::clone < PermuteBackward0` | 0.1 | 2 |" in text
     assert "Other element-wise:" not in text  # an empty category prints nothing
@@ -366,9 +491,25 @@ def test_throughput_profile_traces_kernels_to_the_ops_that_launched_them() -> No
 def test_throughput_profile_option_writes_a_file_per_row(tmp_path: Path) -> None:
     """--profile runs the profiler after the timed steps (no CUDA kernels on CPU: all wall time reads idle)."""
     tp = throughput_module()
-    code = tp.main([str(RECIPES / "imagenet512.toml"), "--steps", "1", "--warmup", "0", "--no-isolate", *TINY_BENCH,
-                    "--methods", "diffratio", "--variant", "b 4: run.batch_size=4", "--profile", str(tmp_path),
-                    "--profile-steps", "1"])
+    code = tp.main(
+        [
+            str(RECIPES / "imagenet512.toml"),
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--no-isolate",
+            *TINY_BENCH,
+            "--methods",
+            "diffratio",
+            "--variant",
+            "b 4: run.batch_size=4",
+            "--profile",
+            str(tmp_path),
+            "--profile-steps",
+            "1",
+        ]
+    )
     assert code == 0
     text = (tmp_path / "b_4-diffratio.md").read_text()
     assert "Profile of 1 steps of `diffratio`" in text and "(GPU idle: no kernel running)" in text
