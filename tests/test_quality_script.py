@@ -7,6 +7,7 @@ import argparse
 import importlib.util
 import json
 import re
+import sys
 import tomllib
 from pathlib import Path
 from types import ModuleType
@@ -16,9 +17,14 @@ import torch
 
 from conftest import ROOT
 
+BENCHMARKS = ROOT / "benchmarks"
+
 
 def load_quality() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("quality", ROOT / "benchmarks" / "quality.py")
+    """quality.py loaded by its path, its sibling modules (quality_train, ...) importable as when it runs."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.append(str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location("quality", BENCHMARKS / "quality.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -34,8 +40,7 @@ def checkpoint(run_dir: Path, step: int, train_seconds: float) -> None:
     """A committed checkpoint folder holding a ``state.pt`` with its step and training time."""
     folder = run_dir / "checkpoints" / f"{step:09d}"
     folder.mkdir(parents=True)
-    torch.save({"step": step, "train_seconds": train_seconds, "method": {"w": torch.zeros(1000)}},
-               folder / "state.pt")
+    torch.save({"step": step, "train_seconds": train_seconds, "method": {"w": torch.zeros(1000)}}, folder / "state.pt")
     (folder / "meta.json").write_text("{}")
 
 
@@ -48,8 +53,9 @@ def finished(runs: Path, name: str, minutes: float, times: list[tuple[int, float
 def test_plan_names_every_method_at_every_seed() -> None:
     q = load_quality()
     plan = q.plan(options("--seeds", "0,1"))
-    assert [name for name, *_ in plan] == [f"{m}-s{s}" for s in (0, 1) for m in
-                                           ("dijs", "kl", "reverse-kl", "vsd", "vsd-tuned")]
+    assert [name for name, *_ in plan] == [
+        f"{m}-s{s}" for s in (0, 1) for m in ("dijs", "kl", "reverse-kl", "vsd", "vsd-tuned")
+    ]
     by_name = {name: (recipe, sets) for name, recipe, sets in plan}
     assert by_name["reverse-kl-s1"] == ("fashion-mnist.toml", ["run.seed=1", "divergence.name='reverse-kl'"])
     assert by_name["vsd-tuned-s0"] == ("fashion-mnist-vsd.toml", ["run.seed=0"])  # as shipped
@@ -58,13 +64,17 @@ def test_plan_names_every_method_at_every_seed() -> None:
     recipe, sets = by_name["vsd-s0"]
     assert recipe == "fashion-mnist-vsd.toml" and sets[0] == "run.seed=0"
     got = {k: tomllib.loads(f"v = {v}")["v"] for k, v in (s.split("=", 1) for s in sets[1:])}
-    assert got == {"generator.sigma_init": diffratio["generator"]["sigma_init"],
-                   "method.generator_weighting": diffratio["method"]["generator_weighting"]}
+    assert got == {
+        "generator.sigma_init": diffratio["generator"]["sigma_init"],
+        "method.generator_weighting": diffratio["method"]["generator_weighting"],
+    }
 
     # a subset, and the study: DiffRatio-DiJS with its overrides last, at every seed
     plan = q.plan(options("--methods", "kl", "--seeds", "3", "--variant", "lr: method.generator_optimizer.lr=1e-4"))
-    assert plan == [("kl-s3", "fashion-mnist.toml", ["run.seed=3", "divergence.name='kl'"]),
-                    ("study-lr-s3", "fashion-mnist.toml", ["run.seed=3", "method.generator_optimizer.lr=1e-4"])]
+    assert plan == [
+        ("kl-s3", "fashion-mnist.toml", ["run.seed=3", "divergence.name='kl'"]),
+        ("study-lr-s3", "fashion-mnist.toml", ["run.seed=3", "method.generator_optimizer.lr=1e-4"]),
+    ]
     assert q.plan(options("--methods", "none")) == []
     with pytest.raises(SystemExit, match="unknown"):
         q.plan(options("--methods", "diffratio-dijs"))
@@ -77,11 +87,13 @@ def test_vsd_like_for_like_reads_the_diffratio_recipe(tmp_path: Path, monkeypatc
     q = load_quality()
     text = (ROOT / "recipes" / "fashion-mnist.toml").read_text()
     text = re.sub(r"(?m)^sigma_init = .*$", "sigma_init = 0.7", text)
-    text = re.sub(r'(?m)^generator_weighting = .*$', 'generator_weighting = "sigma2"', text)
+    text = re.sub(r"(?m)^generator_weighting = .*$", 'generator_weighting = "sigma2"', text)
     (tmp_path / "fashion-mnist.toml").write_text(text)
-    monkeypatch.setattr(q, "RECIPES", tmp_path)
-    assert q.method_overrides("vsd") == ("fashion-mnist-vsd.toml",
-                                         ["generator.sigma_init=0.7", 'method.generator_weighting="sigma2"'])
+    monkeypatch.setattr("quality_train.RECIPES", tmp_path)  # the module that reads it
+    assert q.method_overrides("vsd") == (
+        "fashion-mnist-vsd.toml",
+        ["generator.sigma_init=0.7", 'method.generator_weighting="sigma2"'],
+    )
 
 
 def test_train_runs_alike_resumes_and_marks_finished_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -100,26 +112,55 @@ def test_train_runs_alike_resumes_and_marks_finished_runs(tmp_path: Path, monkey
         limits.update(seconds)
         return {name: 0 if name == "pre" else 1 if name == "kl-s1" else 143 for name in procs}  # kl-s1 crashes
 
-    monkeypatch.setattr(q, "dr_train", fake_train)
-    monkeypatch.setattr(q, "wait_all", fake_wait)
+    monkeypatch.setattr("quality_train.dr_train", fake_train)
+    monkeypatch.setattr("quality_train.wait_all", fake_wait)
     runs = tmp_path / "runs"
     checkpoint(runs / "dijs-s1", 300, 90.0)  # interrupted earlier: it continues for the rest of its budget
-    argv = ["--runs", str(runs), "--gpus", "0,1", "--minutes", "2", "--methods", "dijs,kl,vsd", "--seeds", "0,1",
-            "--set", "root=DATA", "--recipe-set", "backbone.model_channels=16", "--pretrain-set", "run.steps=20",
-            "--variant", "short: run.steps=500"]
+    argv = [
+        "--runs",
+        str(runs),
+        "--gpus",
+        "0,1",
+        "--minutes",
+        "2",
+        "--methods",
+        "dijs,kl,vsd",
+        "--seeds",
+        "0,1",
+        "--set",
+        "root=DATA",
+        "--recipe-set",
+        "backbone.model_channels=16",
+        "--pretrain-set",
+        "run.steps=20",
+        "--variant",
+        "short: run.steps=500",
+    ]
     q.train(options(*argv))
     assert calls[0][:2] == ("fashion-mnist-pretrain.toml", "pretrain")
     assert calls[0][2] == ["dataset.root=DATA", "backbone.model_channels=16", "run.steps=20"]
     assert (runs / "pretrain.finished").exists()
     # then one run per GPU at a time, seed by seed: waves of two
     assert [(name, gpu) for _, name, _, gpu in calls[1:]] == [
-        ("dijs-s0", "0"), ("kl-s0", "1"), ("vsd-s0", "0"), ("study-short-s0", "1"), ("dijs-s1", "0"), ("kl-s1", "1"),
-        ("vsd-s1", "0"), ("study-short-s1", "1")]
+        ("dijs-s0", "0"),
+        ("kl-s0", "1"),
+        ("vsd-s0", "0"),
+        ("study-short-s0", "1"),
+        ("dijs-s1", "0"),
+        ("kl-s1", "1"),
+        ("vsd-s1", "0"),
+        ("study-short-s1", "1"),
+    ]
     assert limits["dijs-s0"] == 120 and limits["dijs-s1"] == 30
     sets = {name: s for _, name, s, _ in calls}
     for name in ("dijs-s0", "vsd-s1", "study-short-s0"):  # all alike: compiled, every checkpoint kept
-        assert {"strategy.compile=true", "run.keep_checkpoints=0", "run.checkpoint_every=100",
-                "dataset.root=DATA", f"method.init='{runs / 'pretrain'}'"} <= set(sets[name])
+        assert {
+            "strategy.compile=true",
+            "run.keep_checkpoints=0",
+            "run.checkpoint_every=100",
+            "dataset.root=DATA",
+            f"method.init='{runs / 'pretrain'}'",
+        } <= set(sets[name])
         # --recipe-set may undo what the script sets (compile, for a CPU smoke test); the run's own come last
         assert sets[name].index("backbone.model_channels=16") > sets[name].index("strategy.compile=true")
     assert sets["study-short-s0"][-1] == "run.steps=500" and sets["kl-s0"][-1] == "divergence.name='kl'"
@@ -127,7 +168,8 @@ def test_train_runs_alike_resumes_and_marks_finished_runs(tmp_path: Path, monkey
     for recipe, _, s, _ in calls:  # every run's overrides are valid keys of its recipe
         load_recipe(ROOT / "recipes" / recipe, s, registry=registry)
     assert sorted(p.name for p in runs.glob("*.done")) == sorted(
-        f"{n}.done" for n in sets if n not in ("pretrain", "kl-s1"))
+        f"{n}.done" for n in sets if n not in ("pretrain", "kl-s1")
+    )
     assert json.loads((runs / "dijs-s0.done").read_text()) == {"minutes": 2}
 
     # again: only the crashed run trains (no pretraining); a longer budget continues every run
@@ -169,10 +211,15 @@ def test_jobs_of_finished_runs_and_shards_balance(tmp_path: Path) -> None:
     keys = [j["key"] for j in jobs]
     assert len(keys) == len(set(keys))
     got = sorted((j["kind"], j["run"], j["step"], tuple(j.get("points", ()))) for j in jobs)
-    assert got == [("budget", "dijs-s0", 100, (0.25,)), ("budget", "dijs-s0", 200, (0.5,)),
-                   ("budget", "dijs-s0", 300, (1.0,)), ("budget", "vsd-s0", 100, (0.25, 0.5)),
-                   ("budget", "vsd-s0", 200, (1.0,)), ("sir", "dijs-s0", 300, ()),
-                   ("teacher", "pretrain", 2000, ())]
+    assert got == [
+        ("budget", "dijs-s0", 100, (0.25,)),
+        ("budget", "dijs-s0", 200, (0.5,)),
+        ("budget", "dijs-s0", 300, (1.0,)),
+        ("budget", "vsd-s0", 100, (0.25, 0.5)),
+        ("budget", "vsd-s0", 200, (1.0,)),
+        ("sir", "dijs-s0", 300, ()),
+        ("teacher", "pretrain", 2000, ()),
+    ]
     sir = next(j for j in jobs if j["kind"] == "sir")
     assert (sir["candidates"], sir["select"], sir["num"]) == (8, "sir", 100)
     parts = q.shards(jobs, 3)
@@ -189,16 +236,30 @@ def test_evaluate_rejects_an_unknown_kind(tmp_path: Path) -> None:
 
 def fake_rows() -> list[dict]:
     def row(kind: str, run: str, fid: float, **kw: object) -> dict:
-        return {"kind": kind, "run": run, "num": 10000, "fid": fid, "precision": 0.7, "recall": 0.5,
-                "updates": 1000, "train_seconds": 120.0, "evaluations": 1, "budget": 300.0, **kw}
+        return {
+            "kind": kind,
+            "run": run,
+            "num": 10000,
+            "fid": fid,
+            "precision": 0.7,
+            "recall": 0.5,
+            "updates": 1000,
+            "train_seconds": 120.0,
+            "evaluations": 1,
+            "budget": 300.0,
+            **kw,
+        }
 
-    return [row("teacher", "pretrain", 8.65, evaluations=35, updates=2000, train_seconds=270.0),
-            row("budget", "dijs-s0", 10.0, points=[0.25], updates=500),
-            row("budget", "dijs-s1", 12.0, points=[0.25], updates=510),
-            row("budget", "dijs-s0", 8.0, points=[1.0]), row("budget", "dijs-s1", 9.0, points=[1.0]),
-            row("budget", "vsd-s0", 20.0, points=[0.5, 1.0]),
-            row("sir", "dijs-s0", 7.5, evaluations=8, candidates=8, sigma=0.5),
-            row("sir", "dijs-s1", 7.7, evaluations=8, candidates=8, sigma=0.5)]
+    return [
+        row("teacher", "pretrain", 8.65, evaluations=35, updates=2000, train_seconds=270.0),
+        row("budget", "dijs-s0", 10.0, points=[0.25], updates=500),
+        row("budget", "dijs-s1", 12.0, points=[0.25], updates=510),
+        row("budget", "dijs-s0", 8.0, points=[1.0]),
+        row("budget", "dijs-s1", 9.0, points=[1.0]),
+        row("budget", "vsd-s0", 20.0, points=[0.5, 1.0]),
+        row("sir", "dijs-s0", 7.5, evaluations=8, candidates=8, sigma=0.5),
+        row("sir", "dijs-s1", 7.7, evaluations=8, candidates=8, sigma=0.5),
+    ]
 
 
 def test_report_table_means_and_each_seed() -> None:
@@ -206,8 +267,10 @@ def test_report_table_means_and_each_seed() -> None:
     lines = q.table(fake_rows()).splitlines()
     assert lines[0].startswith("| samples | budget | network evaluations | FID-10k | precision | recall |")
     assert lines[2].startswith("| teacher: the pretraining's EMA denoiser, Heun | - | 35 | 8.65 | 0.700 |")
-    assert lines[3] == ("| DiffRatio, DiJS | 1/4 of 5 min | 1 | 11.00 (10.00, 12.00) | 0.700 (0.700, 0.700) | "
-                        "0.500 (0.500, 0.500) | 505 (500, 510) | 2.00 (2.00, 2.00) |")
+    assert lines[3] == (
+        "| DiffRatio, DiJS | 1/4 of 5 min | 1 | 11.00 (10.00, 12.00) | 0.700 (0.700, 0.700) | "
+        "0.500 (0.500, 0.500) | 505 (500, 510) | 2.00 (2.00, 2.00) |"
+    )
     assert lines[4].startswith("| DiffRatio, DiJS | all of 5 min | 1 | 8.50 (8.00, 9.00) |")
     # one checkpoint may stand for two budget points; a seed without a result reads "-"
     assert lines[5].startswith("| VSD, DiffRatio's sigma_init and w(sigma) | 1/2 of 5 min | 1 | 20.00 (20.00, -) |")
