@@ -36,13 +36,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-HERE = str(Path(__file__).resolve().parent)
-if HERE not in sys.path:  # the sibling modules below, also when this file is loaded by its path (the tests)
-    sys.path.insert(0, HERE)
-
-from estimator_bias_experiment import experiment  # noqa: E402
-from estimator_bias_problem import N_EVAL, VARIANTS  # noqa: E402
-from estimator_bias_report import (  # noqa: E402
+from estimator_bias_experiment import experiment
+from estimator_bias_problem import N_EVAL, VARIANTS
+from estimator_bias_report import (
     PARAMS_NOTE,
     headline,
     markdown_tables,

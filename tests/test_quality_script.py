@@ -7,7 +7,6 @@ import argparse
 import importlib.util
 import json
 import re
-import sys
 import tomllib
 from pathlib import Path
 from types import ModuleType
@@ -21,9 +20,7 @@ BENCHMARKS = ROOT / "benchmarks"
 
 
 def load_quality() -> ModuleType:
-    """quality.py loaded by its path, its sibling modules (quality_train, ...) importable as when it runs."""
-    if str(BENCHMARKS) not in sys.path:
-        sys.path.append(str(BENCHMARKS))
+    """quality.py loaded by its path (its sibling modules import through pytest's ``pythonpath``)."""
     spec = importlib.util.spec_from_file_location("quality", BENCHMARKS / "quality.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -194,10 +193,8 @@ def test_network_sizes_match_the_recipe_comments(recipe: str, full: float, encod
 
 def throughput_module(name: str = "throughput") -> Any:
     """``benchmarks/NAME.py`` loaded from its file: ``throughput`` (command line and table) or one of the modules
-    it imports (``throughput_measure``, ``throughput_flops``, ``throughput_profile``). benchmarks/ goes on
-    sys.path, as running the script puts it there, so those sibling imports resolve."""
-    if str(BENCHMARKS) not in sys.path:
-        sys.path.append(str(BENCHMARKS))
+    it imports (``throughput_measure``, ``throughput_flops``, ``throughput_profile``); their sibling imports
+    resolve through pytest's ``pythonpath``."""
     spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
