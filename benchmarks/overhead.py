@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.utils.flop_counter import FlopCounterMode
 
 from diffratio.engine import build_run, training_loop
 from diffratio.inference import load_pretrained_denoiser
@@ -108,6 +109,14 @@ def host_ops(step: Callable[[], Any], steps: int = 2) -> float:
     return len(top) / steps
 
 
+def gflop(step: Callable[[], Any]) -> float:
+    """Floating-point work of one step in GFLOP, as ``torch.utils.flop_counter`` counts it (matrix products and
+    convolutions): equal on both sides when they run the same networks on the same batches."""
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops() / 1e9
+
+
 def measure(
     stage: str,
     compiled: bool,
@@ -146,6 +155,7 @@ def measure(
         for name, side in sides.items()
     }
     mem |= {f"{name}_ops": host_ops(side["step"]) for name, side in sides.items()}
+    mem |= {f"{name}_gflop": None if compiled else gflop(side["step"]) for name, side in sides.items()}
     return {
         "stage": stage,
         "mode": "compiled" if compiled else "eager",
@@ -199,19 +209,25 @@ def render(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         if cpu and "compiled" in args.modes
         else []
     )
-    lines += ["- host operations: `aten::` calls the host dispatches per step (profiled, 2 steps; not timed)"]
+    lines += [
+        "- host operations: `aten::` calls the host dispatches per step (profiled, 2 steps; not timed); GFLOP per "
+        "step: `torch.utils.flop_counter` over one eager step (compiled steps run the same operations)"
+    ]
     lines += [
         "",
         "| stage | mode | batch | plain images/s | framework images/s | framework/plain | plain peak memory "
-        "| framework peak memory | memory framework/plain | plain host operations | framework host operations |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| framework peak memory | memory framework/plain | plain host operations | framework host operations "
+        "| GFLOP per step plain / framework |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         mem = f"{r['framework_mem'] / r['plain_mem']:.3f}" if r["plain_mem"] else "n/a"
+        flop = "n/a" if r["plain_gflop"] is None else f"{r['plain_gflop']:,.2f} / {r['framework_gflop']:,.2f}"
         lines.append(
             f"| {r['stage']} | {r['mode']} | {r['batch']} | {r['plain_ips']:,.1f} | {r['framework_ips']:,.1f} "
             f"| {r['framework_ips'] / r['plain_ips']:.3f} | {gib(r['plain_mem'])} "
-            f"| {gib(r['framework_mem'])} | {mem} | {r['plain_ops']:,.0f} | {r['framework_ops']:,.0f} |"
+            f"| {gib(r['framework_mem'])} | {mem} | {r['plain_ops']:,.0f} | {r['framework_ops']:,.0f} "
+            f"| {flop} |"
         )
     worst = min(r["framework_ips"] / r["plain_ips"] for r in rows)
     return "\n".join([*lines, "", f"overhead: min framework/plain ratio = {worst:.2f}"])
