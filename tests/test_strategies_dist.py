@@ -610,3 +610,29 @@ def test_deepspeed_steps_do_not_synchronise_the_device(deepspeed_installed: None
     for step in (1, 2):
         method.train_step(step)
     assert calls == []
+
+
+def test_deepspeed_zero3_trace_completes_although_models_train_and_infer(deepspeed_installed: None, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """ZeRO-3 records the order in which sub-modules gather their weights from one call of a model to the
+    next, checks it against the other ranks (a collective and host reads) until it repeats, and prefetches
+    only then. Each DiffRatio model runs both to train (``forward``) and without training (``infer``: the
+    generator's samples for the estimator, the frozen estimator in the generator's loss), passes that
+    gather in different orders; after two steps every engine has a complete trace and checks nothing."""
+    import deepspeed.runtime.zero.partitioned_param_coordinator as coordinator
+
+    from diffratio.engine import build_run
+
+    registry = default_registry()
+    recipe = load_recipe(RECIPES / "toy2d.toml", [*COMMON, "strategy.name=deepspeed", "strategy.zero_stage=3",
+                                                  "method.warmup_ratio_steps=0"], registry=registry)
+    method = build_run(recipe, tmp_path / "run", registry).method
+    for step in (0, 1):
+        method.train_step(step)
+    checks: list[int] = []
+    monkeypatch.setattr(coordinator, "assert_ints_same_as_other_ranks", lambda ints: checks.append(len(ints)))
+    for step in (2, 3):
+        method.train_step(step)
+        for trainable in (method.gen, method.ratio):
+            assert trainable.engine.optimizer.parameter_offload.get_param_coordinator().is_complete_trace()
+    assert checks == []

@@ -149,6 +149,34 @@ def hold_bf16_weights(module: nn.Module) -> None:
     module.register_forward_hook(outputs_to_fp32)
 
 
+def zero3_offload(engine: Any) -> Any | None:
+    """The ZeRO-3 parameter offload of ``engine`` (its module hooks and their parameter coordinator), None
+    under ZeRO 1 and 2."""
+    return getattr(engine.optimizer, "parameter_offload", None) if engine.zero_optimization_stage() == 3 else None
+
+
+def new_coordinator(offload: Any) -> Any:
+    """A ZeRO-3 parameter coordinator configured as ``offload``'s own (prefetch bucket, reuse distance, live
+    parameters, quantisation, leaf modules), sharing its all-gather stream and its registry of parameters
+    in flight, with no trace recorded yet."""
+    from deepspeed.runtime.zero.offload_config import OffloadDeviceEnum
+    from deepspeed.runtime.zero.partitioned_param_coordinator import PartitionedParameterCoordinator
+
+    return PartitionedParameterCoordinator(
+        prefetch_bucket_sz=offload._prefetch_bucket_sz,
+        max_reuse_distance_in_numel=offload._max_reuse_distance_in_numel,
+        max_available_parameters_in_numel=offload._max_available_parameters_in_numel,
+        allgather_stream=offload._DeepSpeedZeRoOffload__allgather_stream,
+        inflight_param_registry=offload.module.ds_inflight_param_registry,
+        prefetch_nvme=offload.offload_device == OffloadDeviceEnum.nvme,
+        timers=offload.timers,
+        zero_quantized_weights=offload.zero_quantized_weights,
+        zero_quantized_nontrainable_weights=offload.zero_quantized_nontrainable_weights,
+        fast_sharding_for_leaf_module=offload.fast_sharding_for_leaf_module,
+        log_trace_cache_warnings=offload.log_trace_cache_warnings,
+    )
+
+
 class DeepSpeedTrainable(Trainable):
     """A model in its DeepSpeed engine: ``forward`` runs the engine, ``infer`` and ``model`` the module inside
     it (compiled in place where the strategy compiles; with ZeRO-3 its parameters are partitioned: use
@@ -157,6 +185,16 @@ class DeepSpeedTrainable(Trainable):
     A non-finite step is skipped by DeepSpeed itself: it checks the global gradient norm and drops the
     update on every rank (that check waits for the device inside DeepSpeed); a non-finite loss is turned
     into non-finite gradients to reach it.
+
+    Under ZeRO-3, ``forward`` and ``infer`` each have their own parameter coordinator. DeepSpeed records the
+    order in which sub-modules gather their weights from one call of the module to the next (its forward
+    and whatever backward follows), checks that order against the other ranks (a collective and host
+    reads) until one recorded order repeats, and only then prefetches. The two passes gather in different
+    orders (a ``no_grad`` inference has no backward; a frozen estimator's backward skips the sub-modules
+    whose outputs need no gradient): a record shared by both would never repeat, and DeepSpeed would
+    re-record and re-check it at every step without ever prefetching. Each pass repeats its own order,
+    which its own coordinator completes after two calls. The backward of a call runs under the coordinator
+    of that call, so it must end before the next call of the other pass (as in the built-in methods).
     """
 
     def __init__(self, name: str, engine: Any, device: torch.device, optim: OptimizerConfig) -> None:
@@ -167,11 +205,27 @@ class DeepSpeedTrainable(Trainable):
         self.device = device
         self._flags = tuple(torch.tensor(v, device=device) for v in (False, True))  # last_step_ok, by value
         self.last_step_ok = self._flags[1]
+        self._offload = zero3_offload(engine)
+        self._coordinators = {} if self._offload is None else {
+            "forward": self._offload.param_coordinator, "infer": new_coordinator(self._offload)}
+
+    def _use_coordinator(self, call: Literal["forward", "infer"]) -> None:
+        """Under ZeRO-3, give the module's hooks the parameter coordinator of ``call`` (see the class
+        docstring); submodules left gathered by the other coordinator's backward are released first, as
+        DeepSpeed does at the end of each of its backward passes."""
+        if not self._coordinators:
+            return
+        coordinator = self._coordinators[call]
+        if self._offload.param_coordinator is not coordinator:
+            self._offload.param_coordinator.release_backward_leftovers()
+            self._offload.param_coordinator = coordinator
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        self._use_coordinator("forward")
         return self.engine(*args, **kwargs)
 
     def infer(self, *args: Any, **kwargs: Any) -> Any:
+        self._use_coordinator("infer")
         return self.model(*args, **kwargs)
 
     def backward(self, loss: Tensor) -> None:
