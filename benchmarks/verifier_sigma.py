@@ -1,4 +1,4 @@
-"""Choose the verifier's noise level sigma_v by measurement (issue 7, acceptance 3) on 2-D data.
+"""Choose the verifier's noise level sigma_v by measurement on 2-D data.
 
 For each sigma_v, draw ``--num`` samples with ``--candidates`` one-step candidates each, selected by a
 ratio (``diffratio.verifier``; SIR and best-of-N), and measure the energy distance to held-out data,

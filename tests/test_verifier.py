@@ -114,7 +114,7 @@ def test_one_candidate_is_plain_sampling_without_the_ratio() -> None:
         sample_with_verifier(wrong_generator, None, num=2, candidates=2, latent_shape=(2,))
 
 
-# ---- acceptance 1: exact ratio ----
+# ---- exact ratio ----
 
 
 def test_sir_with_the_exact_ratio_moves_samples_to_the_data() -> None:
@@ -141,7 +141,7 @@ def test_best_of_n_concentrates_on_the_modes_and_sir_keeps_their_spread() -> Non
     assert len(torch.cdist(best, P.means).argmin(1).unique()) == 8
 
 
-# ---- acceptance 1: learned ratio ----
+# ---- learned ratio ----
 
 
 def train_classifier(steps: int = 250, batch: int = 256) -> ClassifierRatio:
