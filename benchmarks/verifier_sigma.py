@@ -6,12 +6,16 @@ mean +- standard deviation over seeds. Every sigma_v sees the same latents for a
 comparison across sigma_v is paired). Two settings, each printed as a markdown table:
 
 - a trained run (``RUN``): its generator EMA and its own ratio estimator (what ``dr-sample`` uses);
+- ``--calibration``: for each run (and its online generator with ``--online``) and sigma_v > 0, how far the
+  ratio estimator is from the reference log ratio at the candidates it scores, against how much that log
+  ratio varies (``verifier_calibration``);
 - ``--analytic``: the 8-Gaussian ring p and a deliberately wrong generator q = N(0, 1.5^2 I), scored by
   the exact ``log q_sigma - log p_sigma`` and by a ClassifierRatio of the toy2d recipe's size trained with
   ``ratio_loss`` under the recipe's log-normal sigma distribution (a ratio with a lot to correct).
 
     dr-train recipes/toy2d.toml --run-dir /tmp/toy2d
     python benchmarks/verifier_sigma.py /tmp/toy2d --analytic
+    python benchmarks/verifier_sigma.py /tmp/toy2d --online --calibration --sigmas 0.01,0.1,0.3
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ from torch import Tensor
 from diffratio.analytic import GaussianMixture, energy_distance, ring
 from diffratio.errors import DiffRatioError
 from diffratio.losses import ratio_loss
-from diffratio.verifier import LogRatio, sample_with_verifier
+from diffratio.verifier import LogRatio, run_verifier, sample_with_verifier
+from verifier_calibration import calibrate, calibration_header, calibration_row
 
 #: draws ``(num, candidates, select, sigma_v, seed) -> (samples, mean ESS)``; DiffRatioError where undefined
 Sampler = Callable[[int, int, str, float, int], tuple[Tensor, float]]
@@ -98,17 +103,37 @@ def run_setting(path: str, args: argparse.Namespace) -> None:
         return x, float(diag["ess"].mean()) if diag else 1.0
 
     floor = energy_distance(ref[args.num:], ref[: args.num])
-    table(f"Trained run {path} (step {run.step}): its generator EMA and ratio estimator", [sampler],
-          ref[: args.num], floor, mixture.means, args)
+    rows: list[str] = []
+    if args.tables:
+        table(f"Trained run {path} (step {run.step}): its generator EMA and ratio estimator", [sampler],
+              ref[: args.num], floor, mixture.means, args)
+    if args.calibration:
+        rows += calibration_rows(run, path, "EMA", mixture, args)
     if args.online:  # the generator the estimator was trained against (the EMA lags it)
         online_generator(run, path)
-        table(f"Trained run {path} (step {run.step}): its online generator and ratio estimator", [sampler],
-              ref[: args.num], floor, mixture.means, args)
+        if args.tables:
+            table(f"Trained run {path} (step {run.step}): its online generator and ratio estimator", [sampler],
+                  ref[: args.num], floor, mixture.means, args)
+        if args.calibration:
+            rows += calibration_rows(run, path, "online", mixture, args)
+    if rows:
+        print(calibration_header(args.calibration_m, args.num))
+        print("\n".join(rows), flush=True)
     if args.refit:  # the EMA generator again, with an estimator trained on further against its samples
         run = load_sampler(path)
         refit_ratio(run, mixture, args.refit)
         table(f"Trained run {path} (step {run.step}): its generator EMA, the ratio estimator refitted to it for "
               f"{args.refit} steps", [sampler], ref[: args.num], floor, mixture.means, args)
+
+
+def calibration_rows(run: Any, path: str, generator: str, mixture: GaussianMixture,
+                     args: argparse.Namespace) -> list[str]:
+    """One calibration row per sigma_v > 0 for ``run``'s current generator and its ratio estimator."""
+    rows, (generate, log_ratio) = [], run_verifier(run.sampler)
+    for sv in [float(v) for v in args.sigmas.split(",") if float(v) > 0]:
+        c = calibrate(generate, log_ratio, mixture, sv, num=args.num, m=args.calibration_m)
+        rows.append(calibration_row(f"{path} (step {run.step})", generator, sv, c))
+    return rows
 
 
 def refit_ratio(run: Any, mixture: GaussianMixture, steps: int, seed: int = 0) -> None:
@@ -222,6 +247,12 @@ def main() -> None:
     ap.add_argument("--online", action="store_true", help="also each run's online generator (not its EMA)")
     ap.add_argument("--refit", type=int, default=0, metavar="STEPS",
                     help="also the EMA generator with its ratio estimator trained STEPS more steps against it")
+    ap.add_argument("--calibration", action="store_true",
+                    help="also the ratio estimator's error against the reference log ratio (verifier_calibration)")
+    ap.add_argument("--calibration-m", type=int, default=20000, metavar="M",
+                    help="generator samples of the kernel estimate of log q_sigma")
+    ap.add_argument("--no-tables", dest="tables", action="store_false",
+                    help="skip the energy-distance tables of the trained runs (e.g. with --calibration alone)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     start = time.perf_counter()

@@ -317,3 +317,56 @@ def test_verifier_sigma_benchmark_swaps_in_the_online_generator_and_refits_the_r
         assert not run.sampler.ratio.training and not any(p.requires_grad for p in after)
         refits.append([p.detach().clone() for p in after])
     assert all(torch.equal(a, b) for a, b in zip(*refits, strict=True))  # seeded: the same refit twice
+
+
+def test_calibration_statistics_score_an_exact_and_a_random_estimator() -> None:
+    """An estimator equal to the reference up to a constant has no error and correlation 1 (SIR ignores the
+    offset); one unrelated to it has correlation ~0 and an error larger than the signal."""
+    from verifier_calibration import calibration_stats
+
+    g = torch.Generator().manual_seed(0)
+    truth = 2.0 * torch.randn(5000, generator=g, dtype=torch.float64)
+    exact = calibration_stats(truth + 3.0, truth)
+    assert exact.signal_std == pytest.approx(2.0, rel=0.05)
+    assert exact.error_rmse < 1e-9 and exact.correlation == pytest.approx(1.0, abs=1e-9)
+    noise = calibration_stats(torch.randn(5000, generator=g), truth)
+    assert abs(noise.correlation) < 0.05 and noise.error_over_signal > 1.0
+    scaled = calibration_stats(-truth, truth)
+    assert scaled.correlation == pytest.approx(-1.0, abs=1e-9) and scaled.error_over_signal == pytest.approx(2.0)
+
+
+def test_calibration_reference_of_a_known_generator() -> None:
+    """The kernel estimate of log q_sigma matches a Gaussian mixture's exact noised density, and ``calibrate``
+    gives the exact log ratio of the wrong generator correlation ~1, with a reference noise small against
+    the signal."""
+    from verifier_calibration import calibrate, kde_log_density
+
+    g = torch.Generator().manual_seed(1)
+    y = P.noised(0.3).sample(500, g)
+    kde = kde_log_density(y, P.sample(20000, g), 0.3)
+    assert (kde - P.log_prob(y, 0.3)).abs().mean() < 0.05
+
+    def exact(x: Tensor, sigma: Tensor, labels: Tensor | None) -> Tensor:
+        return Q.log_prob(x, float(sigma[0])) - P.log_prob(x, float(sigma[0]))
+
+    c = calibrate(lambda z, labels: Q_STD * z, exact, P, 0.3, num=1000, m=20000)
+    assert c.signal_std > 1.0 and c.correlation > 0.99 and c.error_over_signal < 0.1
+    assert 0 < c.kde_noise_rmse < 0.05 * c.signal_std
+
+
+def test_verifier_sigma_calibration_table(toy_run: Path) -> None:
+    """``--calibration`` prints one row per generator and sigma_v > 0 with the table's columns, finite values."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, str(RECIPES.parent / "benchmarks" / "verifier_sigma.py"), str(toy_run),
+                           "--calibration", "--online", "--no-tables", "--sigmas", "0,0.1", "--num", "200",
+                           "--calibration-m", "500"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "M = 500 generator samples" in proc.stdout and "### Trained run" not in proc.stdout
+    header = lines.index("| run | generator | sigma_v | signal std | error RMSE | error/signal | correlation | "
+                         "KDE noise RMSE |")
+    rows = [line.split(" | ") for line in lines[header + 2:] if line.startswith("|")]
+    assert [(r[1], r[2]) for r in rows] == [("EMA", "0.1"), ("online", "0.1")]
+    assert all(math.isfinite(float(v.strip(" |"))) for r in rows for v in r[3:])
