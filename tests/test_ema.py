@@ -1,4 +1,5 @@
-"""The EMA update reads nothing on the host: a skipped step is folded into its weight on the device."""
+"""The EMA update reads nothing on the host: a skipped step is folded into its weight on the device; the
+EMA update and the freeze list a module's tensors once, not at every step."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from diffratio_builtins.methods.common import _lerp_by_tensor, update_ema
+from diffratio_builtins.methods.common import _lerp_by_tensor, frozen, update_ema
 
 
 def test_device_weight_is_never_read_on_the_host(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -51,3 +52,25 @@ def test_a_narrower_source_is_cast_into_the_fp32_ema() -> None:
     for p, b, m in zip(ema.parameters(), before, model.parameters(), strict=True):
         assert p.dtype == torch.float32
         torch.testing.assert_close(p.detach(), torch.lerp(b, m.detach().float(), 0.1), rtol=0, atol=1e-7)
+
+
+def test_later_updates_and_freezes_walk_no_module_tree(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    model, ema = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3)), nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
+    update_ema(ema, model, 0.9, step=100, warmup="none")
+    with frozen(model):
+        pass
+
+    def refuse(*_: object, **__: object) -> None:
+        raise AssertionError("a module tree was walked again")
+
+    monkeypatch.setattr(nn.Module, "named_modules", refuse)
+    model.load_state_dict({k: v + 1 for k, v in model.state_dict().items()})  # in place: the lists stay valid
+    with frozen(model):
+        assert not any(p.requires_grad for p in model[0]._parameters.values())
+    assert all(p.requires_grad for p in model[0]._parameters.values())
+    before = [p.detach().clone() for p in ema[0]._parameters.values()]
+    update_ema(ema, model, 0.9, step=100, warmup="none", applied=torch.tensor(True))
+    for p, b, m in zip(ema[0]._parameters.values(), before, model[0]._parameters.values(), strict=True):
+        torch.testing.assert_close(p.detach(), torch.lerp(b, m.detach(), 0.1), rtol=0, atol=1e-7)
+    torch.testing.assert_close(ema[1].running_mean, model[1].running_mean, rtol=0, atol=0)

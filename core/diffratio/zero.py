@@ -8,7 +8,7 @@ export). Without ZeRO-3 they reduce to the plain operations, and DeepSpeed is ne
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -29,14 +29,22 @@ def full_parameters(module: nn.Module, modify: bool = False) -> Iterator[nn.Modu
     Partitioned parameters are gathered on every rank and re-partitioned on exit (with ``modify``, the main
     rank's changes are kept). Every rank must enter the block together. Elsewhere this is a no-op.
     """
-    partitioned = [p for p in module.parameters() if hasattr(p, "ds_id")]
-    if not partitioned:
+    with gathered(module.parameters(), modify):
         yield module
+
+
+@contextmanager
+def gathered(params: Iterable[nn.Parameter], modify: bool = False) -> Iterator[None]:
+    """``full_parameters`` for a list of parameters (a caller that keeps its own list need not walk a module
+    tree again): the partitioned ones among them are gathered inside the block; elsewhere a no-op."""
+    partitioned = [p for p in params if hasattr(p, "ds_id")]
+    if not partitioned:
+        yield
         return
     import deepspeed  # only ZeRO-3 parameters carry ds_id, so DeepSpeed is installed
 
     with deepspeed.zero.GatheredParameters(partitioned, modifier_rank=0 if modify else None):
-        yield module
+        yield
 
 
 def plain_copy(module: nn.Module) -> nn.Module:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Literal
@@ -9,8 +10,9 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from torch import Tensor, nn
 
-from diffratio import DiffRatioError, Trainable, full_parameters, plain_copy
+from diffratio import DiffRatioError, Trainable, plain_copy
 from diffratio.inference import load_pretrained_denoiser
+from diffratio.zero import gathered
 
 if TYPE_CHECKING:
     from diffratio.registry import Registry
@@ -61,20 +63,35 @@ def update_ema(ema: nn.Module, module: nn.Module, decay: float, step: int, warmu
     d = ema_decay_at(decay, step, warmup)
     if applied is False:
         return
-    with full_parameters(module):  # gathered where DeepSpeed ZeRO-3 partitions them
-        ema_p = list(ema.parameters())
+    (ema_p, ema_b), (params, buffers) = listed(ema), listed(module)
+    with gathered(params):  # where DeepSpeed ZeRO-3 partitions them
         # under no_grad the parameters themselves are the sources; a cast only where the dtypes differ (each
         # call is one dispatch per tensor, which an eager step bound by the host pays for)
-        src_p = [p if p.dtype == e.dtype else p.to(e.dtype) for p, e in zip(module.parameters(), ema_p, strict=True)]
+        src_p = [p if p.dtype == e.dtype else p.to(e.dtype) for p, e in zip(params, ema_p, strict=True)]
         if isinstance(applied, Tensor):
             weight = applied.to(device=ema_p[0].device, dtype=ema_p[0].dtype) * (1.0 - d)
             _lerp_by_tensor(ema_p, src_p, weight)
-            for b_ema, b in zip(ema.buffers(), module.buffers(), strict=True):
+            for b_ema, b in zip(ema_b, buffers, strict=True):
                 b_ema.copy_(torch.where(applied.to(b.device), b, b_ema))
         else:
             torch._foreach_lerp_(ema_p, src_p, 1.0 - d)
-            for b_ema, b in zip(ema.buffers(), module.buffers(), strict=True):
+            for b_ema, b in zip(ema_b, buffers, strict=True):
                 b_ema.copy_(b)
+
+
+#: each module's parameters and buffers, listed once (see ``listed``); an entry goes with its module
+_LISTED: weakref.WeakKeyDictionary[nn.Module, tuple[list[nn.Parameter], list[Tensor]]] = (
+    weakref.WeakKeyDictionary())
+
+
+def listed(module: nn.Module) -> tuple[list[nn.Parameter], list[Tensor]]:
+    """``module``'s parameters and buffers, listed at the first call and kept for later ones. Walking a
+    module tree costs a Python call per submodule and tensor, which an eager step bound by the host would
+    pay at every EMA update and freeze; training changes these tensors in place (optimiser steps, loaded
+    checkpoints, DeepSpeed's gathering) and never which tensors a module holds."""
+    if (entry := _LISTED.get(module)) is None:
+        entry = _LISTED[module] = (list(module.parameters()), list(module.buffers()))
+    return entry
 
 
 def _lerp_by_tensor(ema: list[Tensor], src: list[Tensor], weight: Tensor, chunk: int = 32) -> None:
@@ -102,12 +119,14 @@ def scheduled_lrs(step: int, total: int, device: torch.device, **trainables: Tra
 @contextmanager
 def frozen(module: nn.Module) -> Iterator[nn.Module]:
     """Parameters stop collecting gradients inside the block; gradients still flow through the inputs."""
-    flags = [p.requires_grad for p in module.parameters()]
-    module.requires_grad_(False)
+    params = listed(module)[0]
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
     try:
         yield module
     finally:
-        for p, f in zip(module.parameters(), flags, strict=True):
+        for p, f in zip(params, flags, strict=True):
             p.requires_grad_(f)
 
 
