@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import cProfile
 import datetime
 import gc
+import pstats
 import statistics
 import subprocess
 import sys
@@ -109,6 +111,17 @@ def host_ops(step: Callable[[], Any], steps: int = 2) -> float:
     return len(top) / steps
 
 
+def python_calls(step: Callable[[], Any], steps: int = 2) -> float:
+    """Python function calls per step, built-ins included (``cProfile``'s count): the interpreter's work
+    beside the operations the host dispatches, which an eager step bound by the host also pays for."""
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(steps):
+        step()
+    prof.disable()
+    return pstats.Stats(prof).total_calls / steps
+
+
 def gflop(step: Callable[[], Any]) -> float:
     """Floating-point work of one step in GFLOP, as ``torch.utils.flop_counter`` counts it (matrix products and
     convolutions): equal on both sides when they run the same networks on the same batches."""
@@ -155,6 +168,7 @@ def measure(
         for name, side in sides.items()
     }
     mem |= {f"{name}_ops": host_ops(side["step"]) for name, side in sides.items()}
+    mem |= {f"{name}_calls": python_calls(side["step"]) for name, side in sides.items()}
     mem |= {f"{name}_gflop": None if compiled else gflop(side["step"]) for name, side in sides.items()}
     return {
         "stage": stage,
@@ -210,15 +224,16 @@ def render(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         else []
     )
     lines += [
-        "- host operations: `aten::` calls the host dispatches per step (profiled, 2 steps; not timed); GFLOP per "
-        "step: `torch.utils.flop_counter` over one eager step (compiled steps run the same operations)"
+        "- host operations: `aten::` calls the host dispatches per step (profiled, 2 steps; not timed); Python "
+        "calls: function calls per step, built-ins included (cProfile, 2 steps; not timed); GFLOP per step: "
+        "`torch.utils.flop_counter` over one eager step (compiled steps run the same operations)"
     ]
     lines += [
         "",
         "| stage | mode | batch | plain images/s | framework images/s | framework/plain | plain peak memory "
         "| framework peak memory | memory framework/plain | plain host operations | framework host operations "
-        "| GFLOP per step plain / framework |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| Python calls plain / framework | GFLOP per step plain / framework |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         mem = f"{r['framework_mem'] / r['plain_mem']:.3f}" if r["plain_mem"] else "n/a"
@@ -227,7 +242,7 @@ def render(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
             f"| {r['stage']} | {r['mode']} | {r['batch']} | {r['plain_ips']:,.1f} | {r['framework_ips']:,.1f} "
             f"| {r['framework_ips'] / r['plain_ips']:.3f} | {gib(r['plain_mem'])} "
             f"| {gib(r['framework_mem'])} | {mem} | {r['plain_ops']:,.0f} | {r['framework_ops']:,.0f} "
-            f"| {flop} |"
+            f"| {r['plain_calls']:,.0f} / {r['framework_calls']:,.0f} | {flop} |"
         )
     worst = min(r["framework_ips"] / r["plain_ips"] for r in rows)
     return "\n".join([*lines, "", f"overhead: min framework/plain ratio = {worst:.2f}"])
