@@ -122,6 +122,18 @@ def python_calls(step: Callable[[], Any], steps: int = 2) -> float:
     return pstats.Stats(prof).total_calls / steps
 
 
+def kernel_ms(step: Callable[[], Any], device: torch.device, steps: int = 3) -> float | None:
+    """Milliseconds per step the GPU spends in kernels and copies (the CUDA profiler's device time): equal on
+    both sides when they launch the same work, so what a side's step takes beyond it is the host's."""
+    if device.type != "cuda":
+        return None
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize(device)
+    return sum(e.self_device_time_total for e in prof.key_averages()) / 1e3 / steps
+
+
 def gflop(step: Callable[[], Any]) -> float:
     """Floating-point work of one step in GFLOP, as ``torch.utils.flop_counter`` counts it (matrix products and
     convolutions): equal on both sides when they run the same networks on the same batches."""
@@ -169,6 +181,7 @@ def measure(
     }
     mem |= {f"{name}_ops": host_ops(side["step"]) for name, side in sides.items()}
     mem |= {f"{name}_calls": python_calls(side["step"]) for name, side in sides.items()}
+    mem |= {f"{name}_kernel_ms": kernel_ms(side["step"], device) for name, side in sides.items()}
     mem |= {f"{name}_gflop": None if compiled else gflop(side["step"]) for name, side in sides.items()}
     return {
         "stage": stage,
@@ -225,24 +238,26 @@ def render(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     )
     lines += [
         "- host operations: `aten::` calls the host dispatches per step (profiled, 2 steps; not timed); Python "
-        "calls: function calls per step, built-ins included (cProfile, 2 steps; not timed); GFLOP per step: "
+        "calls: function calls per step, built-ins included (cProfile, 2 steps; not timed); GPU ms: time per step "
+        "the GPU spends in kernels and copies (CUDA profiler, 3 steps; not timed); GFLOP per step: "
         "`torch.utils.flop_counter` over one eager step (compiled steps run the same operations)"
     ]
     lines += [
         "",
         "| stage | mode | batch | plain images/s | framework images/s | framework/plain | plain peak memory "
         "| framework peak memory | memory framework/plain | plain host operations | framework host operations "
-        "| Python calls plain / framework | GFLOP per step plain / framework |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| Python calls plain / framework | GPU ms per step plain / framework | GFLOP per step plain / framework |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         mem = f"{r['framework_mem'] / r['plain_mem']:.3f}" if r["plain_mem"] else "n/a"
         flop = "n/a" if r["plain_gflop"] is None else f"{r['plain_gflop']:,.2f} / {r['framework_gflop']:,.2f}"
+        gpu = "n/a" if r["plain_kernel_ms"] is None else f"{r['plain_kernel_ms']:.1f} / {r['framework_kernel_ms']:.1f}"
         lines.append(
             f"| {r['stage']} | {r['mode']} | {r['batch']} | {r['plain_ips']:,.1f} | {r['framework_ips']:,.1f} "
             f"| {r['framework_ips'] / r['plain_ips']:.3f} | {gib(r['plain_mem'])} "
             f"| {gib(r['framework_mem'])} | {mem} | {r['plain_ops']:,.0f} | {r['framework_ops']:,.0f} "
-            f"| {r['plain_calls']:,.0f} / {r['framework_calls']:,.0f} | {flop} |"
+            f"| {r['plain_calls']:,.0f} / {r['framework_calls']:,.0f} | {gpu} | {flop} |"
         )
     worst = min(r["framework_ips"] / r["plain_ips"] for r in rows)
     return "\n".join([*lines, "", f"overhead: min framework/plain ratio = {worst:.2f}"])

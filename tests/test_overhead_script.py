@@ -35,17 +35,17 @@ def test_cpu_run_prints_the_table_and_the_summary_line_last(tmp_path: Path) -> N
 
     cols = ["stage", "mode", "batch", "plain images/s", "framework images/s", "framework/plain", "plain peak memory",
             "framework peak memory", "memory framework/plain", "plain host operations", "framework host operations",
-            "Python calls plain / framework", "GFLOP per step plain / framework"]
+            "Python calls plain / framework", "GPU ms per step plain / framework", "GFLOP per step plain / framework"]
     assert f"| {' | '.join(cols)} |" in lines
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines if line.startswith("| ")][1:]
     assert [(r[0], r[1]) for r in rows] == [(s, "eager") for s in STAGES]  # compiled is skipped on CPU
     ratios = []
-    for stage, _mode, batch, plain, framework, ratio, *memory, plain_ops, framework_ops, calls, gflop in rows:
+    for stage, _mode, batch, plain, framework, ratio, *memory, plain_ops, framework_ops, calls, gpu_ms, gflop in rows:
         assert batch == "4", stage
         plain_ips, framework_ips = float(plain.replace(",", "")), float(framework.replace(",", ""))
         assert plain_ips > 0 and framework_ips > 0, stage
         assert abs(float(ratio) - framework_ips / plain_ips) < 0.03 * float(ratio), stage  # of rounded images/s
-        assert memory == ["n/a"] * 3, stage  # no device memory to count on CPU
+        assert memory == ["n/a"] * 3 and gpu_ms == "n/a", stage  # no device memory or kernels on CPU
         # the framework's step dispatches no more host operations than the plain loop's (a few for its guard)
         assert int(framework_ops.replace(",", "")) <= int(plain_ops.replace(",", "")) + 40, stage
         # nor more Python calls: the framework's own bookkeeping (listing modules' tensors, wrappers) stays
