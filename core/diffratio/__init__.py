@@ -46,14 +46,14 @@ from diffratio.hooks import (
 )
 from diffratio.method import DataInfo, Method, Sampler
 from diffratio.trainable import OptimizerConfig, Trainable
-from diffratio.zero import count_parameters, full_parameters, plain_copy
+from diffratio.zero import count_parameters, full_parameters, gathered, plain_copy
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Backbone", "Component", "DataInfo", "Dataset", "Divergence", "EmptyConfig", "EvalContext", "Generator", "Logger",
     "Method", "Metric", "NoiseSchedule", "OptimizerConfig", "RatioEstimator", "Sampler", "Strategy", "Trainable",
-    "append_dims", "count_parameters", "full_parameters", "plain_copy", "resolve_device", "setting",
+    "append_dims", "count_parameters", "full_parameters", "gathered", "plain_copy", "resolve_device", "setting",
     "CheckpointError", "DataError",
     "DiffRatioError", "MissingDependencyError", "PluginError", "RecipeError", "BackboneSpec", "ComponentSpec",
     "DatasetSpec", "DivergenceSpec", "GeneratorSpec", "LoggerSpec", "MethodSpec", "MetricSpec", "RatioSpec",

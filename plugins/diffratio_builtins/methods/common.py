@@ -10,9 +10,8 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from torch import Tensor, nn
 
-from diffratio import DiffRatioError, Trainable, plain_copy
+from diffratio import DiffRatioError, Trainable, gathered, plain_copy
 from diffratio.inference import load_pretrained_denoiser
-from diffratio.zero import gathered
 
 if TYPE_CHECKING:
     from diffratio.registry import Registry
