@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.autograd import DeviceType
 from torch.utils.flop_counter import FlopCounterMode
 
 from diffratio.engine import build_run, training_loop
@@ -96,19 +97,25 @@ def window(step: Callable[[], Any], steps: int, device: torch.device) -> tuple[f
     return seconds, (torch.cuda.max_memory_allocated(device) - start if cuda else 0)
 
 
-def host_ops(step: Callable[[], Any], steps: int = 2) -> float:
-    """Operations the host dispatches per step: ``aten::`` calls under the profiler that no other ``aten::``
-    call made. Each costs the host microseconds whatever its kernel takes, so an eager step bound by the
-    host pays for every one."""
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+def profiled(step: Callable[[], Any], device: torch.device, steps: int = 2) -> tuple[float, float | None]:
+    """Per step, under the profiler: the operations the host dispatches (``aten::`` calls that no other
+    ``aten::`` call made; each costs the host microseconds whatever its kernel takes, so an eager step bound
+    by the host pays for every one), and on a GPU the milliseconds it spends in kernels and copies (equal on
+    both sides when they launch the same work, so what a side's step takes beyond it is the host's)."""
+    cuda = device.type == "cuda"
+    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
+    with torch.profiler.profile(activities=activities) as prof:
         for _ in range(steps):
             step()
+        if cuda:
+            torch.cuda.synchronize(device)
     top = [
         e
         for e in prof.events()
         if e.name.startswith("aten::") and not (e.cpu_parent is not None and e.cpu_parent.name.startswith("aten::"))
     ]
-    return len(top) / steps
+    gpu_us = sum(e.self_device_time_total for e in prof.key_averages() if e.device_type == DeviceType.CUDA)
+    return len(top) / steps, gpu_us / 1e3 / steps if cuda else None
 
 
 def python_calls(step: Callable[[], Any], steps: int = 2) -> float:
@@ -120,18 +127,6 @@ def python_calls(step: Callable[[], Any], steps: int = 2) -> float:
         step()
     prof.disable()
     return pstats.Stats(prof).total_calls / steps
-
-
-def kernel_ms(step: Callable[[], Any], device: torch.device, steps: int = 3) -> float | None:
-    """Milliseconds per step the GPU spends in kernels and copies (the CUDA profiler's device time): equal on
-    both sides when they launch the same work, so what a side's step takes beyond it is the host's."""
-    if device.type != "cuda":
-        return None
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        for _ in range(steps):
-            step()
-        torch.cuda.synchronize(device)
-    return sum(e.self_device_time_total for e in prof.key_averages()) / 1e3 / steps
 
 
 def gflop(step: Callable[[], Any]) -> float:
@@ -179,9 +174,9 @@ def measure(
         f"{name}_mem": side["held"] + side["transient"] if device.type == "cuda" else None
         for name, side in sides.items()
     }
-    mem |= {f"{name}_ops": host_ops(side["step"]) for name, side in sides.items()}
+    for name, side in sides.items():
+        mem[f"{name}_ops"], mem[f"{name}_kernel_ms"] = profiled(side["step"], device)
     mem |= {f"{name}_calls": python_calls(side["step"]) for name, side in sides.items()}
-    mem |= {f"{name}_kernel_ms": kernel_ms(side["step"], device) for name, side in sides.items()}
     mem |= {f"{name}_gflop": None if compiled else gflop(side["step"]) for name, side in sides.items()}
     return {
         "stage": stage,
@@ -239,7 +234,7 @@ def render(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     lines += [
         "- host operations: `aten::` calls the host dispatches per step (profiled, 2 steps; not timed); Python "
         "calls: function calls per step, built-ins included (cProfile, 2 steps; not timed); GPU ms: time per step "
-        "the GPU spends in kernels and copies (CUDA profiler, 3 steps; not timed); GFLOP per step: "
+        "the GPU spends in kernels and copies (the same profile); GFLOP per step: "
         "`torch.utils.flop_counter` over one eager step (compiled steps run the same operations)"
     ]
     lines += [
