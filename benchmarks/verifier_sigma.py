@@ -9,6 +9,8 @@ comparison across sigma_v is paired). Two settings, each printed as a markdown t
 - ``--calibration``: for each run (and its online generator with ``--online``) and sigma_v > 0, how far the
   ratio estimator is from the reference log ratio at the candidates it scores, against how much that log
   ratio varies (``verifier_calibration``);
+- ``--temperatures 1,2,4``: also SIR with its log weights divided by each temperature (a noisy estimator's
+  weights shrunk towards uniform), per sigma_v;
 - ``--analytic``: the 8-Gaussian ring p and a deliberately wrong generator q = N(0, 1.5^2 I), scored by
   the exact ``log q_sigma - log p_sigma`` and by a ClassifierRatio of the toy2d recipe's size trained with
   ``ratio_loss`` under the recipe's log-normal sigma distribution (a ratio with a lot to correct).
@@ -16,6 +18,7 @@ comparison across sigma_v is paired). Two settings, each printed as a markdown t
     dr-train recipes/toy2d.toml --run-dir /tmp/toy2d
     python benchmarks/verifier_sigma.py /tmp/toy2d --analytic
     python benchmarks/verifier_sigma.py /tmp/toy2d --online --calibration --sigmas 0.01,0.1,0.3
+    python benchmarks/verifier_sigma.py /tmp/toy2d --online --temperatures 1,2,4 --sigmas 0.1,0.3
 """
 
 from __future__ import annotations
@@ -36,8 +39,9 @@ from diffratio.losses import ratio_loss
 from diffratio.verifier import LogRatio, run_verifier, sample_with_verifier
 from verifier_calibration import calibrate, calibration_header, calibration_row
 
-#: draws ``(num, candidates, select, sigma_v, seed) -> (samples, mean ESS)``; DiffRatioError where undefined
-Sampler = Callable[[int, int, str, float, int], tuple[Tensor, float]]
+#: draws ``(num, candidates, select, sigma_v, seed, temperature) -> (samples, mean ESS)``; DiffRatioError where
+#: undefined
+Sampler = Callable[[int, int, str, float, int, float], tuple[Tensor, float]]
 
 
 def mean_sd(values: list[float], digits: int = 4) -> str:
@@ -59,11 +63,11 @@ def table(title: str, samplers: list[Sampler], held_out: Tensor, floor: float, m
     Mean and standard deviation are over every sampler (e.g. independently trained ratios) and seed."""
     n, seeds = args.candidates, [int(s) for s in args.seeds.split(",")]
 
-    def measure(num: int, select: str, sv: float) -> tuple[list[float], list[float], list[float]]:
+    def measure(num: int, select: str, sv: float, t: float = 1.0) -> tuple[list[float], list[float], list[float]]:
         ed, ess, share = [], [], []
         for f in samplers:
             for seed in seeds:
-                x, e = f(args.num, num, select, sv, seed)
+                x, e = f(args.num, num, select, sv, seed, t)
                 ed.append(energy_distance(x, held_out))
                 ess.append(e)
                 share.append(top_mode_share(x, means))
@@ -85,6 +89,16 @@ def table(title: str, samplers: list[Sampler], held_out: Tensor, floor: float, m
             continue
         print(f"| {sv:g} | {mean_sd(sir)} | {statistics.mean(ess):.2f} | {statistics.mean(sir_share):.3f} | "
               f"{mean_sd(best)} | {statistics.mean(best_share):.3f} |", flush=True)
+    temperatures = [float(t) for t in args.temperatures.split(",")]
+    if temperatures == [1.0]:
+        return
+    print(f"\nSIR, N = {n}, with the log weights divided by a temperature T: energy distance (no verifier: "
+          f"{mean_sd(plain)})\n")
+    print("| sigma_v | " + " | ".join(f"T = {t:g}" for t in temperatures) + " |")
+    print("|---|" + "---|" * len(temperatures))
+    for sv in [float(v) for v in args.sigmas.split(",") if float(v) > 0]:
+        cells = [mean_sd(measure(n, "sir", sv, t)[0]) for t in temperatures]
+        print(f"| {sv:g} | " + " | ".join(cells) + " |", flush=True)
 
 
 def run_setting(path: str, args: argparse.Namespace) -> None:
@@ -98,8 +112,9 @@ def run_setting(path: str, args: argparse.Namespace) -> None:
         raise SystemExit(f"{path}: the benchmark needs a 2-D mixture data set (ring, grid)")
     ref = dataset.reference(2 * args.num)
 
-    def sampler(num: int, n: int, select: str, sv: float, seed: int) -> tuple[Tensor, float]:
-        x, diag = draw(run, num, seed=seed, candidates=n, select=select, verifier_sigma=sv)  # type: ignore[arg-type]
+    def sampler(num: int, n: int, select: str, sv: float, seed: int, t: float) -> tuple[Tensor, float]:
+        x, diag = draw(run, num, seed=seed, candidates=n, select=select, verifier_sigma=sv,  # type: ignore[arg-type]
+                       temperature=t)
         return x, float(diag["ess"].mean()) if diag else 1.0
 
     floor = energy_distance(ref[args.num:], ref[: args.num])
@@ -214,10 +229,10 @@ def analytic_setting(args: argparse.Namespace) -> None:
         return q.log_prob(x, s) - p.log_prob(x, s)
 
     def make(log_ratio: LogRatio) -> Sampler:
-        def sampler(num: int, n: int, select: str, sv: float, seed: int) -> tuple[Tensor, float]:
+        def sampler(num: int, n: int, select: str, sv: float, seed: int, t: float) -> tuple[Tensor, float]:
             out = sample_with_verifier(generate, log_ratio, num=num, candidates=n, latent_shape=(2,),
                                        select=select, sigma_v=sv, rng=torch.Generator().manual_seed(seed),  # type: ignore[arg-type]
-                                       max_batch=1 << 16)
+                                       max_batch=1 << 16, temperature=t)
             return out.samples, float(out.ess.mean())
         return sampler
 
@@ -239,6 +254,8 @@ def main() -> None:
     ap.add_argument("--analytic", action="store_true", help="also the wrong-generator setting (see above)")
     ap.add_argument("--sigmas", default="0,0.01,0.03,0.1,0.3,1.0", help="comma-separated sigma_v values")
     ap.add_argument("--candidates", type=int, default=8)
+    ap.add_argument("--temperatures", default="1",
+                    help="comma-separated SIR temperatures; more than 1 adds a table of SIR by sigma_v and T")
     ap.add_argument("--num", type=int, default=2000, help="samples per evaluation")
     ap.add_argument("--seeds", default="0,1,2,3,4")
     ap.add_argument("--ratio-steps", type=int, default=1000, help="training steps of the analytic classifier")

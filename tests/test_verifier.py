@@ -105,6 +105,28 @@ def test_same_seed_same_output_and_chunking_does_not_matter() -> None:
     assert torch.allclose(-exact_log_ratio(a.samples, torch.zeros(50), None), picked)
 
 
+def test_temperature_divides_the_log_weights_and_leaves_best_alone() -> None:
+    kw = dict(num=400, candidates=8, latent_shape=(2,), sigma_v=0.0)
+
+    def draw(select: str, t: float):  # noqa: ANN202
+        return sample_with_verifier(wrong_generator, exact_log_ratio, select=select, temperature=t,
+                                    rng=torch.Generator().manual_seed(3), **kw)
+
+    plain, hot = draw("sir", 1.0), draw("sir", 4.0)
+    # the same candidates (same latents), their log weights divided by T
+    assert torch.allclose(hot.log_weights, plain.log_weights / 4.0)
+    assert hot.ess.mean() > plain.ess.mean()  # flatter weights: more effective candidates
+    assert torch.equal(draw("best", 1.0).chosen, draw("best", 4.0).chosen)
+    # a very high temperature ignores the verifier: the picks are uniform over the 8 candidates
+    flat = sample_with_verifier(wrong_generator, exact_log_ratio, select="sir", temperature=1e9,
+                                rng=torch.Generator().manual_seed(3), **{**kw, "num": 8000})
+    assert torch.allclose(flat.ess, torch.full((8000,), 8.0, dtype=torch.float64))
+    assert torch.bincount(flat.chosen, minlength=8).min() > 850  # 1000 each, binomial sd 30
+    for bad in (0.0, -1.0, math.inf, math.nan):
+        with pytest.raises(DiffRatioError, match="temperature must be a finite number > 0"):
+            draw("sir", bad)
+
+
 def test_one_candidate_is_plain_sampling_without_the_ratio() -> None:
     res = sample_with_verifier(wrong_generator, None, num=20, candidates=1, latent_shape=(2,),
                                rng=torch.Generator().manual_seed(0))
@@ -221,6 +243,18 @@ def test_dr_sample_with_candidates_and_export(toy_run: Path, tmp_path: Path) -> 
     assert res.returncode == 0, res.stderr
     with np.load(tmp_path / "best.npz") as d:
         assert np.array_equal(d["chosen"], d["log_weights"].argmax(1))
+
+    # a temperature divides the recorded log weights of the same candidates
+    hot = tmp_path / "hot.npz"
+    res = run_cli("dr-sample", str(toy_run), "--num", "200", "--out", str(hot), "--candidates", "4",
+                  "--verifier-temperature", "2")
+    assert res.returncode == 0, res.stderr
+    assert "temperature 2" in res.stdout
+    with np.load(tmp_path / "sir.npz") as plain, np.load(hot) as d:
+        assert np.allclose(d["log_weights"], plain["log_weights"] / 2)
+    res = run_cli("dr-sample", str(toy_run), "--num", "2", "--out", str(hot), "--candidates", "4",
+                  "--verifier-temperature", "0")
+    assert res.returncode != 0 and "--verifier-temperature" in res.stderr
 
 
 def test_export_round_trip_in_python(toy_run: Path, tmp_path: Path) -> None:

@@ -137,12 +137,15 @@ def _default(row: Any) -> Any:
 @click.option("--verifier-sigma", type=click.FloatRange(min=0), default=None,
               help="Noise level at which the ratio scores candidates (default: the run's method.verifier_sigma, "
                    "which defaults to diffratio.verifier.DEFAULT_VERIFIER_SIGMA).")
+@click.option("--verifier-temperature", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="SIR resamples in proportion to exp(-f / T): 1 trusts the ratio estimator as it is, larger "
+                   "values trust it less (a noisy estimator's weights shrunk towards uniform).")
 @click.option("--export", "export", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the run's inference weights (generator EMA and ratio estimator) with its config to this "
                    "one .pt file, which dr-sample then accepts in place of RUN_DIR.")
 @friendly_errors
 def sample(run_dir: Path, num: int, out: Path | None, grid: Path | None, seed: int, batch: int, candidates: int,
-           select: str, verifier_sigma: float | None, export: Path | None) -> None:
+           select: str, verifier_sigma: float | None, verifier_temperature: float, export: Path | None) -> None:
     """Draw samples from RUN_DIR (latest checkpoint, EMA weights; or a file written by --export) into an .npz.
 
     Only the networks that sample are built: no optimiser, and no training data unless the samples must be
@@ -164,4 +167,5 @@ def sample(run_dir: Path, num: int, out: Path | None, grid: Path | None, seed: i
         click.echo(f"exported {run_dir} to {export}")
     if out is not None:
         sample_run(run_dir, num=num, out=out, grid=grid, seed=seed, batch=batch, candidates=candidates,
-                   select=select, verifier_sigma=verifier_sigma)  # type: ignore[arg-type]
+                   select=select, verifier_sigma=verifier_sigma,  # type: ignore[arg-type]
+                   temperature=verifier_temperature)

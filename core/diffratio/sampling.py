@@ -47,14 +47,15 @@ def export_run(run_dir: str | Path, out: str | Path, registry: Registry | None =
 
 
 def draw(run: Loaded, num: int, *, seed: int = 0, batch: int = 500, candidates: int = 1, select: Select = "sir",
-         verifier_sigma: float | None = None) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
+         verifier_sigma: float | None = None, temperature: float = 1.0) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
     """``num`` samples of a loaded run (float, CPU), and the verifier's diagnostics when ``candidates > 1``.
 
     ``candidates = 1`` is the method's own sampler (``Sampler.sample``). Otherwise each output is selected
     from ``candidates`` one-step samples by the ratio estimator (``diffratio.verifier``), in chunks of
     ``batch // candidates`` outputs so that each network pass holds at most ``batch`` samples. The
     diagnostics are ``log_weights`` (num, candidates), ``chosen`` (num,) and ``ess`` (num,).
-    ``verifier_sigma`` None is the run's own (``diffratio.verifier.verifier_sigma_of``).
+    ``verifier_sigma`` None is the run's own (``diffratio.verifier.verifier_sigma_of``); ``temperature``
+    divides the log weights (``diffratio.verifier.sample_with_verifier``).
     """
     if candidates < 1:
         raise DiffRatioError(f"candidates must be >= 1, got {candidates}")
@@ -80,7 +81,7 @@ def draw(run: Loaded, num: int, *, seed: int = 0, batch: int = 500, candidates: 
             n = min(per, num - i)
             out = sample_with_verifier(generate, log_ratio, num=n, candidates=candidates, latent_shape=latent_shape,
                                        select=select, sigma_v=sigma_v, labels=_labels(ctx.num_labels, n, ctx.device),
-                                       rng=rng, device=ctx.device, max_batch=batch)
+                                       rng=rng, device=ctx.device, max_batch=batch, temperature=temperature)
             samples.append(out.samples.float().cpu())
             diag["log_weights"].append(out.log_weights)
             diag["chosen"].append(out.chosen)
@@ -97,7 +98,7 @@ def _labels(num_labels: int, n: int, device: torch.device) -> torch.Tensor | Non
 
 def sample_run(run_dir: str | Path, *, num: int, out: str | Path, grid: str | Path | None = None,
                seed: int = 0, batch: int = 500, candidates: int = 1, select: Select = "sir",
-               verifier_sigma: float | None = None) -> Path:
+               verifier_sigma: float | None = None, temperature: float = 1.0) -> Path:
     """Write ``num`` samples to ``out``: uint8 ``images`` (N, C, H, W) for image data, else float ``samples``.
 
     ``run_dir`` is a run directory or an export (``export_run``). With ``candidates > 1`` the file also
@@ -107,7 +108,7 @@ def sample_run(run_dir: str | Path, *, num: int, out: str | Path, grid: str | Pa
     sigma_v = verifier_sigma_of(run.sampler) if verifier_sigma is None else verifier_sigma
     start = time.perf_counter()
     samples, diagnostics = draw(run, num, seed=seed, batch=batch, candidates=candidates, select=select,
-                                verifier_sigma=sigma_v)
+                                verifier_sigma=sigma_v, temperature=temperature)
     seconds = time.perf_counter() - start
     # 2-D and other flat data are written as float samples without building the data set; for the others
     # the data set decides (uint8 images, decoded latents, or None)
@@ -122,8 +123,9 @@ def sample_run(run_dir: str | Path, *, num: int, out: str | Path, grid: str | Pa
             save_png(image_grid(images[:100], ncol=10), grid)
         elif samples.shape[1:] == (2,):
             save_png(scatter_image(run.ctx.dataset.reference(num), samples), grid)
-    how = "" if candidates == 1 else (f", {select} of {candidates} candidates each (verifier sigma "
-                                      f"{sigma_v:g}, mean ESS {float(diagnostics['ess'].mean()):.2f})")
+    how = "" if candidates == 1 else (f", {select} of {candidates} candidates each (verifier sigma {sigma_v:g}"
+                                      + (f", temperature {temperature:g}" if select == "sir" else "")
+                                      + f", mean ESS {float(diagnostics['ess'].mean()):.2f})")
     print(f"wrote {num} samples of step {run.step}{how} to {out}" + (f" and {grid}" if grid else "")
           + f"; sampling took {seconds:.2f} s ({1e3 * seconds / num:.3f} ms per sample)")
     return out

@@ -7,6 +7,11 @@ keep the best (``select="best"``, largest ``w``) or resample one with probabilit
 (``select="sir"``, sampling-importance-resampling: with an exact ratio the output tends to ``p`` as ``N``
 grows). No external reward, no extra sequential steps.
 
+A temperature ``T`` resamples with ``log w / T`` instead. A learned estimator is noisy: where its error is as
+large as the true log ratio's spread over the candidates, the best guess of the true log ratio given the
+estimate is the estimate shrunk towards its mean (by the correlation times the ratio of spreads), which is
+``T > 1``. ``T = 1`` is plain SIR; ``T -> infinity`` ignores the verifier; ``best`` does not depend on ``T``.
+
 The sampler works with any two callables, so it can be embedded outside the framework::
 
     out = sample_with_verifier(generate, log_ratio, num=64, candidates=8, latent_shape=(2,))
@@ -115,19 +120,23 @@ def sample_with_verifier(generate: Generate, log_ratio: LogRatio | None, *, num:
                          latent_shape: tuple[int, ...], select: Select = "sir",
                          sigma_v: float = DEFAULT_VERIFIER_SIGMA, labels: Tensor | None = None,
                          rng: torch.Generator | None = None, device: torch.device | str = "cpu",
-                         max_batch: int = 1024) -> Verified:
+                         max_batch: int = 1024, temperature: float = 1.0) -> Verified:
     """``num`` outputs, each the best of / resampled from ``candidates`` one-step samples scored by the ratio.
 
     All ``num * candidates`` latents are drawn at once (from ``rng``, a ``torch.Generator``: the same seed
     gives the same output) and pushed through ``generate`` and ``log_ratio`` in chunks of ``max_batch``.
     Candidates of output ``i`` are rows ``i * N .. i * N + N - 1`` and share its label ``labels[i]``. With
     ``candidates = 1`` this is plain sampling and the ratio is not evaluated (``log_ratio`` may be None).
+    ``temperature`` divides the log weights (``Verified.log_weights`` and the ESS are of the divided ones).
     Memory grows with ``num * candidates``: call it in chunks of outputs for large ``num``.
     """
     if num < 1 or candidates < 1 or max_batch < 1:
         raise DiffRatioError(f"num, candidates and max_batch must be >= 1 (got {num}, {candidates}, {max_batch})")
     if select not in SELECTIONS:
         raise DiffRatioError(f"unknown selection {select!r}; choose one of {', '.join(SELECTIONS)}")
+    if not (temperature > 0 and math.isfinite(temperature)):
+        raise DiffRatioError(f"the verifier temperature must be a finite number > 0, got {temperature} "
+                             "(1 = plain SIR; larger trusts the ratio estimator less)")
     if candidates > 1 and log_ratio is None:
         raise DiffRatioError("candidates > 1 needs a ratio estimator to score them")
     if labels is not None and labels.shape != (num,):
@@ -146,7 +155,7 @@ def sample_with_verifier(generate: Generate, log_ratio: LogRatio | None, *, num:
     else:
         assert log_ratio is not None
         log_w = score_candidates(log_ratio, x, cand_labels, sigma_v=sigma_v, rng=rng,
-                                 max_batch=max_batch).reshape(num, candidates)
+                                 max_batch=max_batch).reshape(num, candidates) / temperature
         if torch.isneginf(log_w).all(dim=1).any():
             raise DiffRatioError("every candidate of some group has weight 0 (log w = -inf); nothing to select")
         chosen = choose(log_w, select, rng)
