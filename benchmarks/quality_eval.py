@@ -63,6 +63,7 @@ def jobs(runs: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
                 candidates=SIR_N,
                 select="sir",
                 sigma=args.sigma,
+                temperature=args.temperature,
                 budget=budget,
             )
     if teacher := checkpoint_times(runs / "pretrain"):
@@ -145,7 +146,13 @@ class Evaluator:
         run, teacher = load_sampler(self.runs / job["run"], step=job["step"]), job["run"] == "pretrain"
         kw = {k: job[k] for k in ("candidates", "select") if k in job}
         samples, diag = draw(
-            run, job["num"], seed=1, batch=1000 if teacher else 2000, verifier_sigma=job.get("sigma"), **kw
+            run,
+            job["num"],
+            seed=1,
+            batch=1000 if teacher else 2000,
+            verifier_sigma=job.get("sigma"),
+            temperature=job.get("temperature", 1.0),
+            **kw,
         )
         images = self.dataset.to_image(samples)
         feats = self.net(images, batch_size=200)

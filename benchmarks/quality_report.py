@@ -27,13 +27,14 @@ def table(rows: list[dict[str, Any]]) -> str:
     cell the mean over seeds and, in parentheses, each seed's value (seeds in increasing order, - if absent)."""
     seeds = sorted({seed_of(r["run"]) for r in rows if r["kind"] != "teacher"})
     order = [*METHODS, *sorted({method_of(r["run"]) for r in rows if r["run"].startswith(STUDY_PREFIX)})]
-    groups: dict[tuple[Any, ...], dict[int, dict[str, Any]]] = {}  # (kind, method, fraction, sigma) -> seeds
+    groups: dict[tuple[Any, ...], dict[int, dict[str, Any]]] = {}  # (kind, method, fraction, sigma, T) -> seeds
     for r in rows:
         r["gpu_minutes"] = r["train_seconds"] / 60
         if r["kind"] == "teacher":
-            groups[(1, 0, 0, 0)] = {-1: r}
+            groups[(1, 0, 0, 0, 0)] = {-1: r}
         for f in r.get("points", [1.0]) if r["kind"] != "teacher" else []:
-            key = (KINDS.index(r["kind"]), order.index(method_of(r["run"])), f, r.get("sigma") or 0)
+            sir = (r.get("sigma") or 0, r.get("temperature", 1.0))
+            key = (KINDS.index(r["kind"]), order.index(method_of(r["run"])), f, *sir)
             groups.setdefault(key, {})[seed_of(r["run"])] = r
 
     def cell(by_seed: dict[int, dict[str, Any]], key: str, fmt: str) -> str:
@@ -49,14 +50,16 @@ def table(rows: list[dict[str, Any]]) -> str:
         f"| samples | budget | network evaluations | {fid} | precision | recall | generator updates | GPU minutes |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for (kind, m, f, _), by_seed in sorted(groups.items(), key=lambda g: (g[0][0] != 1, g[0])):  # teacher first
+    for (kind, m, f, _, _), by_seed in sorted(groups.items(), key=lambda g: (g[0][0] != 1, g[0])):  # teacher first
         first = next(iter(by_seed.values()))
         label = METHODS[order[m]][1] if order[m] in METHODS else f"DiffRatio, DiJS, {order[m]}"
         budget = f"{FRACTIONS[f]} of {first['budget'] / 60:g} min" if kind != 1 else "-"
         if kind == 1:
             label = "teacher: the pretraining's EMA denoiser, Heun"
         elif kind == 2:
-            label += f" + SIR (N = {first['candidates']}, sigma_v = {first['sigma']:g})"
+            t = first.get("temperature", 1.0)
+            hot = f", T = {t:g}" if t != 1 else ""
+            label += f" + SIR (N = {first['candidates']}, sigma_v = {first['sigma']:g}{hot})"
         lines.append(
             f"| {label} | {budget} | {first['evaluations']} | {cell(by_seed, 'fid', '.2f')} | "
             f"{cell(by_seed, 'precision', '.3f')} | {cell(by_seed, 'recall', '.3f')} | "

@@ -9,8 +9,8 @@ comparison across sigma_v is paired). Two settings, each printed as a markdown t
 - ``--calibration``: for each run (and its online generator with ``--online``) and sigma_v > 0, how far the
   ratio estimator is from the reference log ratio at the candidates it scores, against how much that log
   ratio varies (``verifier_calibration``);
-- ``--temperatures 1,2,4``: also SIR with its log weights divided by each temperature (a noisy estimator's
-  weights shrunk towards uniform), per sigma_v;
+- ``--temperatures 1,2,4``: SIR with its log weights divided by each temperature T (a noisy estimator's
+  weights shrunk towards uniform), for each run's generators (EMA; online with ``--online``) and sigma_v > 0;
 - ``--analytic``: the 8-Gaussian ring p and a deliberately wrong generator q = N(0, 1.5^2 I), scored by
   the exact ``log q_sigma - log p_sigma`` and by a ClassifierRatio of the toy2d recipe's size trained with
   ``ratio_loss`` under the recipe's log-normal sigma distribution (a ratio with a lot to correct).
@@ -18,7 +18,7 @@ comparison across sigma_v is paired). Two settings, each printed as a markdown t
     dr-train recipes/toy2d.toml --run-dir /tmp/toy2d
     python benchmarks/verifier_sigma.py /tmp/toy2d --analytic
     python benchmarks/verifier_sigma.py /tmp/toy2d --online --calibration --sigmas 0.01,0.1,0.3
-    python benchmarks/verifier_sigma.py /tmp/toy2d --online --temperatures 1,2,4 --sigmas 0.1,0.3
+    python benchmarks/verifier_sigma.py /tmp/toy2d --online --no-tables --temperatures 1,2,4 --sigmas 0.1,0.3
 """
 
 from __future__ import annotations
@@ -63,11 +63,11 @@ def table(title: str, samplers: list[Sampler], held_out: Tensor, floor: float, m
     Mean and standard deviation are over every sampler (e.g. independently trained ratios) and seed."""
     n, seeds = args.candidates, [int(s) for s in args.seeds.split(",")]
 
-    def measure(num: int, select: str, sv: float, t: float = 1.0) -> tuple[list[float], list[float], list[float]]:
+    def measure(num: int, select: str, sv: float) -> tuple[list[float], list[float], list[float]]:
         ed, ess, share = [], [], []
         for f in samplers:
             for seed in seeds:
-                x, e = f(args.num, num, select, sv, seed, t)
+                x, e = f(args.num, num, select, sv, seed, 1.0)
                 ed.append(energy_distance(x, held_out))
                 ess.append(e)
                 share.append(top_mode_share(x, means))
@@ -89,19 +89,33 @@ def table(title: str, samplers: list[Sampler], held_out: Tensor, floor: float, m
             continue
         print(f"| {sv:g} | {mean_sd(sir)} | {statistics.mean(ess):.2f} | {statistics.mean(sir_share):.3f} | "
               f"{mean_sd(best)} | {statistics.mean(best_share):.3f} |", flush=True)
+
+
+
+def temperature_rows(label: str, sampler: Sampler, held_out: Tensor, args: argparse.Namespace) -> list[str]:
+    """Rows of the temperature table of one generator: per sigma_v > 0, the energy distance without a verifier
+    and with SIR at each of ``--temperatures`` (mean +- sd over the sampling seeds; the same latents in each)."""
+    seeds = [int(s) for s in args.seeds.split(",")]
+
+    def cell(n: int, sv: float, t: float) -> str:
+        return mean_sd([energy_distance(sampler(args.num, n, "sir", sv, seed, t)[0], held_out) for seed in seeds])
+
+    plain = cell(1, 0.0, 1.0)
     temperatures = [float(t) for t in args.temperatures.split(",")]
-    if temperatures == [1.0]:
-        return
-    print(f"\nSIR, N = {n}, with the log weights divided by a temperature T: energy distance (no verifier: "
-          f"{mean_sd(plain)})\n")
-    print("| sigma_v | " + " | ".join(f"T = {t:g}" for t in temperatures) + " |")
-    print("|---|" + "---|" * len(temperatures))
-    for sv in [float(v) for v in args.sigmas.split(",") if float(v) > 0]:
-        cells = [mean_sd(measure(n, "sir", sv, t)[0]) for t in temperatures]
-        print(f"| {sv:g} | " + " | ".join(cells) + " |", flush=True)
+    return [f"| {label} | {sv:g} | {plain} | " + " | ".join(cell(args.candidates, sv, t) for t in temperatures) + " |"
+            for sv in [float(v) for v in args.sigmas.split(",") if float(v) > 0]]
 
 
-def run_setting(path: str, args: argparse.Namespace) -> None:
+def temperature_header(args: argparse.Namespace) -> str:
+    """The heading and column names of the temperature table."""
+    temperatures = [float(t) for t in args.temperatures.split(",")]
+    return (f"\n### SIR with its log weights divided by a temperature T: energy distance, N = {args.candidates}\n\n"
+            "| run | generator | sigma_v | no verifier | " + " | ".join(f"T = {t:g}" for t in temperatures) + " |\n"
+            "|---|---|---|---|" + "---|" * len(temperatures))
+
+
+def run_setting(path: str, args: argparse.Namespace) -> list[str]:
+    """Print the tables of one trained run; return its rows of the temperature table (printed at the end)."""
     from diffratio.inference import load_sampler
     from diffratio.sampling import draw
 
@@ -119,6 +133,8 @@ def run_setting(path: str, args: argparse.Namespace) -> None:
 
     floor = energy_distance(ref[args.num:], ref[: args.num])
     rows: list[str] = []
+    hot = args.temperatures is not None
+    warm = temperature_rows(f"{path} (step {run.step}) | EMA", sampler, ref[: args.num], args) if hot else []
     if args.tables:
         table(f"Trained run {path} (step {run.step}): its generator EMA and ratio estimator", [sampler],
               ref[: args.num], floor, mixture.means, args)
@@ -126,6 +142,8 @@ def run_setting(path: str, args: argparse.Namespace) -> None:
         rows += calibration_rows(run, path, "EMA", mixture, args)
     if args.online:  # the generator the estimator was trained against (the EMA lags it)
         online_generator(run, path)
+        if hot:
+            warm += temperature_rows(f"{path} (step {run.step}) | online", sampler, ref[: args.num], args)
         if args.tables:
             table(f"Trained run {path} (step {run.step}): its online generator and ratio estimator", [sampler],
                   ref[: args.num], floor, mixture.means, args)
@@ -139,6 +157,7 @@ def run_setting(path: str, args: argparse.Namespace) -> None:
         refit_ratio(run, mixture, args.refit)
         table(f"Trained run {path} (step {run.step}): its generator EMA, the ratio estimator refitted to it for "
               f"{args.refit} steps", [sampler], ref[: args.num], floor, mixture.means, args)
+    return warm
 
 
 def calibration_rows(run: Any, path: str, generator: str, mixture: GaussianMixture,
@@ -254,8 +273,8 @@ def main() -> None:
     ap.add_argument("--analytic", action="store_true", help="also the wrong-generator setting (see above)")
     ap.add_argument("--sigmas", default="0,0.01,0.03,0.1,0.3,1.0", help="comma-separated sigma_v values")
     ap.add_argument("--candidates", type=int, default=8)
-    ap.add_argument("--temperatures", default="1",
-                    help="comma-separated SIR temperatures; more than 1 adds a table of SIR by sigma_v and T")
+    ap.add_argument("--temperatures", default=None, metavar="T,T,...",
+                    help="also a table of SIR with its log weights divided by each temperature, per sigma_v > 0")
     ap.add_argument("--num", type=int, default=2000, help="samples per evaluation")
     ap.add_argument("--seeds", default="0,1,2,3,4")
     ap.add_argument("--ratio-steps", type=int, default=1000, help="training steps of the analytic classifier")
@@ -276,8 +295,10 @@ def main() -> None:
     print(f"# verifier sigma: N = {args.candidates}, {args.num} samples, seeds {args.seeds}; "
           f"{time.strftime('%Y-%m-%d %H:%M')}, {platform.node()} ({platform.machine()}), torch {torch.__version__}, "
           f"{args.threads} thread(s). Energy distance to held-out data, mean ± sd over seeds (lower is better).")
-    for path in args.run:
-        run_setting(path, args)
+    warm = [row for path in args.run for row in run_setting(path, args)]
+    if warm:
+        print(temperature_header(args))
+        print("\n".join(warm), flush=True)
     if args.analytic:
         analytic_setting(args)
     print(f"\n{time.perf_counter() - start:.0f} s")

@@ -218,7 +218,9 @@ def test_jobs_of_finished_runs_and_shards_balance(tmp_path: Path) -> None:
         ("teacher", "pretrain", 2000, ()),
     ]
     sir = next(j for j in jobs if j["kind"] == "sir")
-    assert (sir["candidates"], sir["select"], sir["num"]) == (8, "sir", 100)
+    assert (sir["candidates"], sir["select"], sir["num"], sir["temperature"]) == (8, "sir", 100, 1.0)
+    hot = q.jobs(tmp_path, options("--num", "100", "--temperature", "2"))  # a sweep's next row: a new key
+    assert next(j for j in hot if j["kind"] == "sir")["key"] not in keys
     parts = q.shards(jobs, 3)
     assert sorted(k["key"] for p in parts for k in p) == sorted(keys)
     loads = sorted(sum(j["cost"] for j in p) for p in parts)
@@ -256,6 +258,7 @@ def fake_rows() -> list[dict]:
         row("budget", "vsd-s0", 20.0, points=[0.5, 1.0]),
         row("sir", "dijs-s0", 7.5, evaluations=8, candidates=8, sigma=0.5),
         row("sir", "dijs-s1", 7.7, evaluations=8, candidates=8, sigma=0.5),
+        row("sir", "dijs-s0", 7.1, evaluations=8, candidates=8, sigma=0.5, temperature=2.0),
     ]
 
 
@@ -273,7 +276,10 @@ def test_report_table_means_and_each_seed() -> None:
     assert lines[5].startswith("| VSD, DiffRatio's sigma_init and w(sigma) | 1/2 of 5 min | 1 | 20.00 (20.00, -) |")
     assert lines[6].startswith("| VSD, DiffRatio's sigma_init and w(sigma) | all of 5 min | 1 | 20.00 (20.00, -) |")
     assert lines[7].startswith("| DiffRatio, DiJS + SIR (N = 8, sigma_v = 0.5) | all of 5 min | 8 | 7.60 (7.50, 7.70)")
-    assert len(lines) == 8
+    # a temperature other than 1 is a row of its own, named
+    hot = "| DiffRatio, DiJS + SIR (N = 8, sigma_v = 0.5, T = 2) | all of 5 min | 8 | 7.10 (7.10, -)"
+    assert lines[8].startswith(hot), lines[8]
+    assert len(lines) == 9
 
 
 def test_results_file_between_markers(tmp_path: Path) -> None:

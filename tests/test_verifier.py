@@ -404,3 +404,20 @@ def test_verifier_sigma_calibration_table(toy_run: Path) -> None:
     rows = [line.split(" | ") for line in lines[header + 2:] if line.startswith("|")]
     assert [(r[1], r[2]) for r in rows] == [("EMA", "0.1"), ("online", "0.1")]
     assert all(math.isfinite(float(v.strip(" |"))) for r in rows for v in r[3:])
+
+
+def test_verifier_sigma_temperature_table(toy_run: Path) -> None:
+    """``--temperatures`` prints one row per generator and sigma_v > 0: no verifier, then SIR at each T."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, str(RECIPES.parent / "benchmarks" / "verifier_sigma.py"), str(toy_run),
+                           "--temperatures", "1,4", "--online", "--no-tables", "--sigmas", "0,0.3", "--num", "200",
+                           "--seeds", "0"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    header = lines.index("| run | generator | sigma_v | no verifier | T = 1 | T = 4 |")
+    rows = [line.split(" | ") for line in lines[header + 2:] if line.startswith("|")]
+    assert [(r[1], r[2]) for r in rows] == [("EMA", "0.3"), ("online", "0.3")]
+    for r in rows:  # "mean ± sd" cells, finite
+        assert all(math.isfinite(float(v.strip(" |").split(" ± ")[0])) for v in r[3:])
