@@ -93,24 +93,32 @@ def table(title: str, samplers: list[Sampler], held_out: Tensor, floor: float, m
 
 
 def temperature_rows(label: str, sampler: Sampler, held_out: Tensor, args: argparse.Namespace) -> list[str]:
-    """Rows of the temperature table of one generator: per sigma_v > 0, the energy distance without a verifier
-    and with SIR at each of ``--temperatures`` (mean +- sd over the sampling seeds; the same latents in each)."""
+    """Rows of the temperature table of one generator: per sigma_v > 0, the energy distance with SIR at each of
+    ``--temperatures`` and without a verifier (mean +- sd over the sampling seeds). Every cell of a seed draws
+    the same candidates; "no verifier" keeps a uniformly chosen one of them (T = infinity), so that each row
+    is a paired comparison."""
     seeds = [int(s) for s in args.seeds.split(",")]
+    sigmas = [float(v) for v in args.sigmas.split(",") if float(v) > 0]
 
-    def cell(n: int, sv: float, t: float) -> str:
-        return mean_sd([energy_distance(sampler(args.num, n, "sir", sv, seed, t)[0], held_out) for seed in seeds])
+    def cell(sv: float, t: float) -> str:
+        return mean_sd([energy_distance(sampler(args.num, args.candidates, "sir", sv, seed, t)[0], held_out)
+                        for seed in seeds])
 
-    plain = cell(1, 0.0, 1.0)
+    plain = cell(sigmas[0], UNIFORM) if sigmas else ""  # the uniform choice does not depend on sigma_v
     temperatures = [float(t) for t in args.temperatures.split(",")]
-    return [f"| {label} | {sv:g} | {plain} | " + " | ".join(cell(args.candidates, sv, t) for t in temperatures) + " |"
-            for sv in [float(v) for v in args.sigmas.split(",") if float(v) > 0]]
+    return [f"| {label} | {sv:g} | {plain} | " + " | ".join(cell(sv, t) for t in temperatures) + " |" for sv in sigmas]
+
+
+#: a temperature at which every log weight divides to 0 within float64: SIR then keeps a uniform choice
+UNIFORM = 1e300
 
 
 def temperature_header(args: argparse.Namespace) -> str:
     """The heading and column names of the temperature table."""
     temperatures = [float(t) for t in args.temperatures.split(",")]
     return (f"\n### SIR with its log weights divided by a temperature T: energy distance, N = {args.candidates}\n\n"
-            "| run | generator | sigma_v | no verifier | " + " | ".join(f"T = {t:g}" for t in temperatures) + " |\n"
+            "| run | generator | sigma_v | no verifier (same candidates) | "
+            + " | ".join(f"T = {t:g}" for t in temperatures) + " |\n"
             "|---|---|---|---|" + "---|" * len(temperatures))
 
 

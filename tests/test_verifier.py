@@ -416,7 +416,7 @@ def test_verifier_sigma_temperature_table(toy_run: Path) -> None:
                            "--seeds", "0"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    header = lines.index("| run | generator | sigma_v | no verifier | T = 1 | T = 4 |")
+    header = lines.index("| run | generator | sigma_v | no verifier (same candidates) | T = 1 | T = 4 |")
     rows = [line.split(" | ") for line in lines[header + 2:] if line.startswith("|")]
     assert [(r[1], r[2]) for r in rows] == [("EMA", "0.3"), ("online", "0.3")]
     for r in rows:  # "mean ± sd" cells, finite
