@@ -4,8 +4,9 @@
         [--weights FID.pt] [--results docs/results.md]
 
 ``train``: one pretraining (``recipes/fashion-mnist-pretrain.toml`` as shipped), then from it, for each
-seed, one run per method, each alone on a GPU for ``--minutes`` of wall time, all compiled, every checkpoint
-kept: DiffRatio (``recipes/fashion-mnist.toml``) with ``dijs``, ``kl`` and ``reverse-kl``; ``vsd``
+seed, one run per method, each alone on a GPU for ``--minutes`` of wall time, all compiled (each into its own
+empty cache, so that every run pays for its compilation), every checkpoint kept: DiffRatio
+(``recipes/fashion-mnist.toml``) with ``dijs``, ``kl`` and ``reverse-kl``; ``vsd``
 (``recipes/fashion-mnist-vsd.toml`` with the DiffRatio recipe's ``generator.sigma_init`` and
 ``method.generator_weighting``: like for like) and ``vsd-tuned`` (the VSD recipe as shipped). ``evaluate``:
 FID, precision and recall of every run at 1/4, 1/2 and all of its budget (the checkpoint with the most

@@ -101,7 +101,10 @@ def dr_train(recipe: str, run_dir: Path, sets: list[str], gpu: str) -> subproces
     ]
     for s in sets:
         cmd += ["--set", s]
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu, "PYTHONUNBUFFERED": "1"}
+    # each run compiles into its own cache: none starts with the compiled kernels of a run before it, which
+    # would spare it minutes of its budget (a resumed run finds its own)
+    cache = str(run_dir.with_suffix(".inductor"))
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu, "PYTHONUNBUFFERED": "1", "TORCHINDUCTOR_CACHE_DIR": cache}
     logfile = open(run_dir.with_suffix(".log"), "ab")  # noqa: SIM115 - closed with the process
     log(f"{run_dir.name} on GPU {gpu}: {' '.join(cmd[3:])}")
     return subprocess.Popen(cmd, env=env, stdout=logfile, stderr=subprocess.STDOUT, cwd=REPO)

@@ -79,6 +79,27 @@ def test_plan_names_every_method_at_every_seed() -> None:
         q.plan(options("--methods", "none", "--variant", "no-colon"))
 
 
+def test_each_run_compiles_into_its_own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No run starts with the compiled kernels of the run before it (which would spare it part of its budget)."""
+    import subprocess
+
+    load_quality()
+    import quality_train
+
+    seen: list[dict[str, str]] = []
+
+    class FakePopen:
+        def __init__(self, cmd: list[str], env: dict[str, str], **kw: object) -> None:
+            seen.append(env)
+
+    monkeypatch.setattr(subprocess, "Popen", FakePopen)
+    for name in ("dijs-s0", "vsd-s0"):
+        quality_train.dr_train("fashion-mnist.toml", tmp_path / name, [], "3")
+    assert [e["TORCHINDUCTOR_CACHE_DIR"] for e in seen] == [str(tmp_path / "dijs-s0.inductor"),
+                                                            str(tmp_path / "vsd-s0.inductor")]
+    assert all(e["CUDA_VISIBLE_DEVICES"] == "3" for e in seen)
+
+
 def test_vsd_like_for_like_reads_the_diffratio_recipe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The like-for-like VSD run follows whatever the DiffRatio recipe says, not values written in the script."""
     q = load_quality()
