@@ -8,7 +8,9 @@ seed, one run per method, each alone on a GPU for ``--minutes`` of wall time, al
 empty cache, so that every run pays for its compilation), every checkpoint kept: DiffRatio
 (``recipes/fashion-mnist.toml``) with ``dijs``, ``kl`` and ``reverse-kl``; ``vsd``
 (``recipes/fashion-mnist-vsd.toml`` with the DiffRatio recipe's ``generator.sigma_init`` and
-``method.generator_weighting``: like for like) and ``vsd-tuned`` (the VSD recipe as shipped). ``evaluate``:
+``method.generator_weighting``: like for like), ``vsd-tuned`` (the VSD recipe as shipped) and ``shipped``
+(``recipes/fashion-mnist.toml`` as shipped: its own ``run.steps`` and compile setting, within the same
+time limit). ``evaluate``:
 FID, precision and recall of every run at 1/4, 1/2 and all of its budget (the checkpoint with the most
 training time at or below each; the final one for the full budget), of the teacher (the pretraining's EMA
 denoiser, Heun) and of each ``dijs`` run resampled by its ratio estimator from 8 candidates (SIR).

@@ -28,7 +28,9 @@ METHODS = {  # run-name prefix -> (recipe, what the table calls it)
     "reverse-kl": ("fashion-mnist.toml", "DiffRatio, reverse KL"),
     "vsd": ("fashion-mnist-vsd.toml", "VSD, DiffRatio's sigma_init and w(sigma)"),
     "vsd-tuned": ("fashion-mnist-vsd.toml", "VSD, its own tuned sigma_init and w(sigma)"),
+    "shipped": ("fashion-mnist.toml", "DiffRatio, DiJS: the recipe as shipped (its own steps and compile setting)"),
 }
+AS_SHIPPED = {"shipped"}  # methods trained for their recipe's run.steps with its own compile setting
 STUDY_PREFIX = "study-"  # runs of --variant: DiffRatio-DiJS with other settings
 
 
@@ -46,7 +48,7 @@ def method_overrides(method: str) -> tuple[str, list[str]]:
             f"generator.sigma_init={json.dumps(diffratio['generator']['sigma_init'])}",
             f"method.generator_weighting={json.dumps(diffratio['method']['generator_weighting'])}",
         ]
-    return recipe, [] if method == "vsd-tuned" else [f"divergence.name='{method}'"]
+    return recipe, [] if method in ("vsd-tuned", *AS_SHIPPED) else [f"divergence.name='{method}'"]
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:
@@ -157,22 +159,22 @@ def train(args: argparse.Namespace) -> None:
         if not done.exists() or json.loads(done.read_text())["minutes"] < args.minutes:
             times = checkpoint_times(runs / name)  # an interrupted run continues for the rest of its budget
             left.append((name, recipe, extra, max(0.0, budget - (times[-1][1] if times else 0.0))))
-    # every one-step run alike: compiled, every checkpoint kept, long enough to end at its time limit; the
-    # overrides of --recipe-set, then the run's own (method, seed, variant) come later and win
+    # every one-step run alike: every checkpoint kept, and (but the runs as shipped) compiled and long enough
+    # to end at its time limit; the overrides of --recipe-set, then the run's own (method, seed, variant)
+    # come later and win
     common = [
         f"method.init='{pre}'",
-        "run.steps=100000000",
         f"run.checkpoint_every={args.every}",
         "run.keep_checkpoints=0",
         "run.sample_every=0",
-        "strategy.compile=true",
-        *data,
     ]
+    timed = ["run.steps=100000000", "strategy.compile=true"]
     for wave in waves(left, gpus):
         procs, limits = {}, {}
         for gpu, (name, recipe, extra, seconds) in wave:
             (runs / f"{name}.sets.json").write_text(json.dumps(extra))
-            procs[name], limits[name] = dr_train(recipe, runs / name, [*common, *extra], gpu), seconds
+            alike = [*common, *([] if method_of(name) in AS_SHIPPED else timed), *data]
+            procs[name], limits[name] = dr_train(recipe, runs / name, [*alike, *extra], gpu), seconds
         for name, rc in wait_all(procs, limits).items():
             if rc in (0, 128 + signal.SIGTERM):  # its run.steps reached, or stopped at its time limit
                 (runs / f"{name}.done").write_text(json.dumps({"minutes": args.minutes}))

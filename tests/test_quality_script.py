@@ -51,11 +51,12 @@ def test_plan_names_every_method_at_every_seed() -> None:
     q = load_quality()
     plan = q.plan(options("--seeds", "0,1"))
     assert [name for name, *_ in plan] == [
-        f"{m}-s{s}" for s in (0, 1) for m in ("dijs", "kl", "reverse-kl", "vsd", "vsd-tuned")
+        f"{m}-s{s}" for s in (0, 1) for m in ("dijs", "kl", "reverse-kl", "vsd", "vsd-tuned", "shipped")
     ]
     by_name = {name: (recipe, sets) for name, recipe, sets in plan}
     assert by_name["reverse-kl-s1"] == ("fashion-mnist.toml", ["run.seed=1", "divergence.name='reverse-kl'"])
     assert by_name["vsd-tuned-s0"] == ("fashion-mnist-vsd.toml", ["run.seed=0"])  # as shipped
+    assert by_name["shipped-s1"] == ("fashion-mnist.toml", ["run.seed=1"])
     # like for like: the DiffRatio recipe's sigma_init and generator weighting, as that recipe says today
     diffratio = tomllib.loads((ROOT / "recipes" / "fashion-mnist.toml").read_text())
     recipe, sets = by_name["vsd-s0"]
@@ -189,6 +190,16 @@ def test_train_runs_alike_resumes_and_marks_finished_runs(tmp_path: Path, monkey
         f"{n}.done" for n in sets if n not in ("pretrain", "kl-s1")
     )
     assert json.loads((runs / "dijs-s0.done").read_text()) == {"minutes": 2}
+
+    # the recipe as shipped: its own run.steps and compile setting, within the same time limit
+    calls.clear()
+    q.train(options(*argv[:7], "shipped", "--seeds", "0", *argv[10:16]))  # its data and recipe sets
+    assert [(name, s) for _, name, s, _ in calls] == [
+        ("shipped-s0", [f"method.init='{runs / 'pretrain'}'", "run.checkpoint_every=100", "run.keep_checkpoints=0",
+                        "run.sample_every=0", "dataset.root=DATA", "backbone.model_channels=16", "run.seed=0"]),
+    ]
+    assert limits["shipped-s0"] == 120
+    (runs / "shipped-s0.done").unlink()
 
     # again: only the crashed run trains (no pretraining); a longer budget continues every run
     calls.clear()
