@@ -91,6 +91,9 @@ def table(title: str, samplers: list[Sampler], held_out: Tensor, floor: float, m
               f"{mean_sd(best)} | {statistics.mean(best_share):.3f} |", flush=True)
 
 
+#: a temperature at which every log weight divides to 0 within float64: SIR then keeps a uniform choice
+UNIFORM = 1e300
+
 
 def temperature_rows(label: str, sampler: Sampler, held_out: Tensor, args: argparse.Namespace) -> list[str]:
     """Rows of the temperature table of one generator: per sigma_v > 0, the energy distance with SIR at each of
@@ -107,10 +110,6 @@ def temperature_rows(label: str, sampler: Sampler, held_out: Tensor, args: argpa
     plain = cell(sigmas[0], UNIFORM) if sigmas else ""  # the uniform choice does not depend on sigma_v
     temperatures = [float(t) for t in args.temperatures.split(",")]
     return [f"| {label} | {sv:g} | {plain} | " + " | ".join(cell(sv, t) for t in temperatures) + " |" for sv in sigmas]
-
-
-#: a temperature at which every log weight divides to 0 within float64: SIR then keeps a uniform choice
-UNIFORM = 1e300
 
 
 def temperature_header(args: argparse.Namespace) -> str:
