@@ -58,8 +58,8 @@ def table(rows: list[dict[str, Any]]) -> str:
             label = "teacher: the pretraining's EMA denoiser, Heun"
         elif kind == 2:
             t = first.get("temperature", 1.0)
-            hot = f", T = {t:g}" if t != 1 else ""
-            label += f" + SIR (N = {first['candidates']}, sigma_v = {first['sigma']:g}{hot})"
+            named_t = f", T = {t:g}" if t != 1 else ""
+            label += f" + SIR (N = {first['candidates']}, sigma_v = {first['sigma']:g}{named_t})"
         lines.append(
             f"| {label} | {budget} | {first['evaluations']} | {cell(by_seed, 'fid', '.2f')} | "
             f"{cell(by_seed, 'precision', '.3f')} | {cell(by_seed, 'recall', '.3f')} | "

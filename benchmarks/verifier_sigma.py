@@ -140,8 +140,8 @@ def run_setting(path: str, args: argparse.Namespace) -> list[str]:
 
     floor = energy_distance(ref[args.num:], ref[: args.num])
     rows: list[str] = []
-    hot = args.temperatures is not None
-    warm = temperature_rows(f"{path} (step {run.step}) | EMA", sampler, ref[: args.num], args) if hot else []
+    tempered = args.temperatures is not None
+    t_rows = temperature_rows(f"{path} (step {run.step}) | EMA", sampler, ref[: args.num], args) if tempered else []
     if args.tables:
         table(f"Trained run {path} (step {run.step}): its generator EMA and ratio estimator", [sampler],
               ref[: args.num], floor, mixture.means, args)
@@ -149,8 +149,8 @@ def run_setting(path: str, args: argparse.Namespace) -> list[str]:
         rows += calibration_rows(run, path, "EMA", mixture, args)
     if args.online:  # the generator the estimator was trained against (the EMA lags it)
         online_generator(run, path)
-        if hot:
-            warm += temperature_rows(f"{path} (step {run.step}) | online", sampler, ref[: args.num], args)
+        if tempered:
+            t_rows += temperature_rows(f"{path} (step {run.step}) | online", sampler, ref[: args.num], args)
         if args.tables:
             table(f"Trained run {path} (step {run.step}): its online generator and ratio estimator", [sampler],
                   ref[: args.num], floor, mixture.means, args)
@@ -164,7 +164,7 @@ def run_setting(path: str, args: argparse.Namespace) -> list[str]:
         refit_ratio(run, mixture, args.refit)
         table(f"Trained run {path} (step {run.step}): its generator EMA, the ratio estimator refitted to it for "
               f"{args.refit} steps", [sampler], ref[: args.num], floor, mixture.means, args)
-    return warm
+    return t_rows
 
 
 def calibration_rows(run: Any, path: str, generator: str, mixture: GaussianMixture,
@@ -302,10 +302,10 @@ def main() -> None:
     print(f"# verifier sigma: N = {args.candidates}, {args.num} samples, seeds {args.seeds}; "
           f"{time.strftime('%Y-%m-%d %H:%M')}, {platform.node()} ({platform.machine()}), torch {torch.__version__}, "
           f"{args.threads} thread(s). Energy distance to held-out data, mean ± sd over seeds (lower is better).")
-    warm = [row for path in args.run for row in run_setting(path, args)]
-    if warm:
+    t_rows = [row for path in args.run for row in run_setting(path, args)]
+    if t_rows:
         print(temperature_header(args))
-        print("\n".join(warm), flush=True)
+        print("\n".join(t_rows), flush=True)
     if args.analytic:
         analytic_setting(args)
     print(f"\n{time.perf_counter() - start:.0f} s")
